@@ -1,0 +1,33 @@
+# One entry point for people and CI. `make test` builds .venv on first use, then lints and tests.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Users get the torch build PyPI picks for their machine; .ci/run pins the build this CI host has.
+TORCH_SPEC ?= torch>=2.4 torchvision>=0.19
+SOURCE ?= ../shared/data/petimages-180.zip
+
+.PHONY: venv test lint prepare bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet $(foreach spec,$(TORCH_SPEC),'$(spec)')
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
+	$(PY) -m pytest
+
+prepare: venv
+	$(PY) -m catsdogs_pl.data prepare --source $(SOURCE) --out data/prepared
+
+bench: venv
+	$(PY) bench/data_prep.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,1 @@
+"""Data stage: sources, cleaning, split, cache and the LightningDataModule."""

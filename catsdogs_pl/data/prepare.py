@@ -1,0 +1,223 @@
+"""`prepare`: source -> cleaned manifest -> split -> cache, idempotent at every step.
+
+Outputs in `out/`: `manifest.csv` (one row per source file, with its reason when rejected),
+`summary.json` (counts, settings, `dataset_version`), `preprocessing.json` (what serving must do)
+and `cache/<size>px/` (the training arrays). A second run with the same source and settings reuses
+them all; a changed source re-cleans, a changed split or size only rebuilds what depends on it.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+from collections import Counter
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from catsdogs_pl import preprocessing
+from catsdogs_pl.data import cache, sources
+from catsdogs_pl.data.cleaning import Record, inspect, reject_conflicts_and_duplicates
+from catsdogs_pl.data.split import SPLITS, assign_split, dataset_version
+
+MANIFEST_COLUMNS = [f.name for f in dataclasses.fields(Record)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything that decides the prepared dataset; recorded in summary.json."""
+
+    image_size: int = 96
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    split_seed: int = 0
+    min_side: int = preprocessing.MIN_SIDE
+    max_pixels: int = preprocessing.MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        if not 16 <= self.image_size <= 1024:
+            raise ValueError(f"image_size={self.image_size}: use a size between 16 and 1024 px")
+        if (
+            min(self.val_fraction, self.test_fraction) < 0
+            or self.val_fraction + self.test_fraction >= 1
+        ):
+            raise ValueError(
+                f"val_fraction={self.val_fraction}, test_fraction={self.test_fraction}: "
+                "each must be >= 0 and together < 1"
+            )
+
+
+def _fingerprint(files: list[sources.SourceFile], settings: Settings) -> str:
+    """Changes when any file is added, removed, relabelled or rewritten, or the cleaning rules change."""
+    h = hashlib.sha256(f"{settings.min_side}:{settings.max_pixels}".encode())
+    for f in files:
+        st = f.path.stat()
+        h.update(f"\n{f.relpath}\t{f.label}\t{st.st_size}\t{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def _inspect_task(task: tuple[int, Path, Record], **kwargs: Any) -> tuple[int, Record]:
+    index, path, record = task
+    return index, inspect(path, record, index=index, **kwargs)
+
+
+def _inspect_all(
+    root: Path,
+    records: list[Record],
+    indices: list[int],
+    settings: Settings,
+    staging: Path,
+    workers: int,
+    progress: bool,
+) -> None:
+    """Hash, check and decode `records[indices]` on all cores, writing pixels to `staging`."""
+    with open(staging, "wb") as f:
+        f.truncate(len(records) * settings.image_size**2 * 3)  # sparse until rows are written
+    limits = {"min_side": settings.min_side, "max_pixels": settings.max_pixels}
+    work = partial(_inspect_task, size=settings.image_size, staging=staging, limits=limits)
+    tasks = [(i, root / records[i].relpath, records[i]) for i in indices]
+    bar = tqdm(total=len(tasks), desc="decode", unit="img", disable=not progress)
+    if workers <= 1:
+        results = map(work, tasks)
+        for index, record in results:
+            records[index] = record
+            bar.update()
+    else:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            for index, record in pool.imap_unordered(work, tasks, chunksize=16):
+                records[index] = record
+                bar.update()
+    bar.close()
+
+
+def read_manifest(path: Path) -> list[Record]:
+    with open(path, newline="") as f:
+        return [
+            Record(**{**row, "width": int(row["width"]), "height": int(row["height"])})
+            for row in csv.DictReader(f)
+        ]
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _write_manifest(path: Path, records: list[Record]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS)
+        writer.writeheader()
+        writer.writerows(dataclasses.asdict(r) for r in records)
+    tmp.replace(path)
+
+
+def _summarise(
+    source: Path, records: list[Record], settings: Settings, fingerprint: str
+) -> dict[str, Any]:
+    kept = [r for r in records if r.status == "kept"]
+    classes = sorted({r.label for r in kept})
+    splits = {
+        s: {c: sum(r.split == s and r.label == c for r in kept) for c in classes} for s in SPLITS
+    }
+    return {
+        "dataset_version": dataset_version((r.sha256, r.label, r.split) for r in kept),
+        "source": str(source),
+        "classes": classes,
+        "files": len(records),
+        "kept": len(kept),
+        "rejected": len(records) - len(kept),
+        "by_label": {
+            label: dict(Counter(r.status for r in records if r.label == label))
+            for label in sorted({r.label for r in records})
+        },
+        "by_reason": dict(sorted(Counter(r.reason for r in records if r.reason).items())),
+        "splits": {s: {**counts, "total": sum(counts.values())} for s, counts in splits.items()},
+        "settings": dataclasses.asdict(settings),
+        "source_fingerprint": fingerprint,
+    }
+
+
+def prepare(
+    source: Path | str,
+    out: Path | str,
+    settings: Settings | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run every step that is not already done for this source and settings; return the summary."""
+    settings = settings or Settings()
+    source, out = Path(source), Path(out)
+    workers = workers or len(os.sched_getaffinity(0))
+    out.mkdir(parents=True, exist_ok=True)
+    root, files = sources.resolve(source, out / "extracted")
+    fingerprint = _fingerprint(files, settings)
+    manifest_path, summary_path = out / "manifest.csv", out / "summary.json"
+    old = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    staging = out / f"staging-{settings.image_size}px.u8"
+    staged = False
+    if old.get("source_fingerprint") == fingerprint and manifest_path.exists():
+        records = read_manifest(manifest_path)
+    else:
+        records = [Record(f.relpath, f.label) for f in files]
+        _inspect_all(root, records, list(range(len(records))), settings, staging, workers, progress)
+        reject_conflicts_and_duplicates(records)
+        staged = True
+    for rec in records:
+        if rec.status == "kept":
+            rec.split = assign_split(
+                rec.sha256, settings.split_seed, settings.val_fraction, settings.test_fraction
+            )
+    summary = _summarise(source, records, settings, fingerprint)
+    if len(summary["classes"]) < 2:
+        raise sources.SourceError(
+            f"{source}: after cleaning only {summary['classes']} has usable images; "
+            "a classifier needs at least two classes"
+        )
+    current = not staged and cache.is_current(out, summary["dataset_version"], settings.image_size)
+    summary["reused"] = {"cleaning": not staged, "cache": current}
+    if not summary["reused"]["cache"]:
+        if not staged:  # manifest reused, but the cache is for another size or split: decode kept
+            kept = [i for i, r in enumerate(records) if r.status == "kept"]
+            _inspect_all(root, records, kept, settings, staging, workers, progress)
+        cache.build(
+            out,
+            records,
+            summary["classes"],
+            settings.image_size,
+            staging,
+            summary["dataset_version"],
+        )
+    staging.unlink(missing_ok=True)
+    _write_manifest(manifest_path, records)
+    _write_atomic(summary_path, json.dumps(summary, indent=2))
+    preproc = preprocessing.describe(settings.image_size, summary["classes"])
+    _write_atomic(out / "preprocessing.json", json.dumps(preproc, indent=2))
+    return summary
+
+
+def report(summary: dict[str, Any], out: Path) -> str:
+    """A cleaning report a person can read at the end of `prepare`."""
+    lines = [
+        f"files: {summary['files']}  kept: {summary['kept']}  rejected: {summary['rejected']}",
+        "kept by class: "
+        + ", ".join(f"{c}={v.get('kept', 0)}" for c, v in summary["by_label"].items()),
+    ]
+    lines += [f"  rejected, {reason}: {n}" for reason, n in summary["by_reason"].items()]
+    for split, counts in summary["splits"].items():
+        lines.append(f"{split:>5}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    reused = [name for name, flag in summary.get("reused", {}).items() if flag]
+    lines += [
+        f"dataset_version: {summary['dataset_version']}",
+        f"reused from the last run: {', '.join(reused) or 'nothing'}",
+        f"manifest: {out / 'manifest.csv'}  (rejected rows carry reason and detail)",
+        f"cache: {cache.cache_dir(out, summary['settings']['image_size'])}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,118 @@
+"""Decoding rules shared by cleaning and serving: each rejection reason and each kept oddity."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from catsdogs_pl import preprocessing
+from catsdogs_pl.preprocessing import BadImage, load_rgb
+from tests.conftest import image_bytes
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height pixels (a decompression bomb)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    data = zlib.compress(b"\x00" * 4)
+    idat = b"IDAT" + data
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + struct.pack(">I", len(ihdr))
+        + chunk
+        + struct.pack(">I", zlib.crc32(chunk))
+        + struct.pack(">I", len(data))
+        + idat
+        + struct.pack(">I", zlib.crc32(idat))
+        + struct.pack(">I", 0)
+        + b"IEND"
+        + struct.pack(">I", zlib.crc32(b"IEND"))
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty"),
+        (b"<html><body>404 Not Found</body></html>", "not_an_image"),
+        (b"\x00" * 1000, "not_an_image"),
+        (image_bytes(1, (400, 300))[:3000], "truncated"),
+        (image_bytes(2, (1, 1)), "too_small"),
+        (image_bytes(3, (200, 31)), "too_small"),
+        (png_claiming(30_000, 30_000), "decompression_bomb"),
+        (png_claiming(8000, 7000), "decompression_bomb"),  # 56 MP: over our 50 MP, under Pillow's
+    ],
+)
+def test_rejections_name_the_reason(data: bytes, reason: str) -> None:
+    with pytest.raises(BadImage) as info:
+        load_rgb(data, 32)
+    assert info.value.reason == reason
+    assert info.value.detail
+
+
+def test_bomb_is_refused_before_pixels_are_allocated() -> None:
+    # a 30000x30000 RGB image would need 2.7 GB; the check must come from the header alone
+    import tracemalloc
+
+    tracemalloc.start()
+    with pytest.raises(BadImage):
+        load_rgb(png_claiming(30_000, 30_000), 32)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 10_000_000
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK", "P", "RGBA", "I;16"])
+def test_every_mode_becomes_rgb(mode: str) -> None:
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), np.uint8))
+    img = img.convert("L").convert("I;16") if mode == "I;16" else img.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG" if mode in ("L", "CMYK") else "PNG")
+    out = load_rgb(buf.getvalue(), 24)
+    assert out.shape == (24, 24, 3) and out.dtype == np.uint8
+    assert 10 < out.mean() < 245  # not black or saturated: the conversion kept the content
+
+
+def test_animated_gif_keeps_first_frame() -> None:
+    frames = [Image.new("RGB", (40, 40), c) for c in ("red", "blue")]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    out = load_rgb(buf.getvalue(), 16)
+    assert out[..., 0].mean() > 200 and out[..., 2].mean() < 50
+
+
+def test_exif_orientation_is_applied() -> None:
+    # left half white, right half black, stored with orientation 6 (rotate 90 degrees clockwise)
+    arr = np.zeros((40, 80, 3), np.uint8)
+    arr[:, :40] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", exif=exif)
+    out = load_rgb(buf.getvalue(), 32).astype(float)
+    assert out[:16].mean() > 200 and out[16:].mean() < 50  # white ends up on top
+
+
+def test_junk_after_end_marker_is_kept() -> None:
+    out = load_rgb(image_bytes(4, (64, 64)) + b"garbage" * 100, 32)
+    assert out.shape == (32, 32, 3)
+
+
+def test_normalize_matches_constants_for_chw_and_nchw() -> None:
+    x = torch.full((3, 4, 4), 255, dtype=torch.uint8)
+    expected = [(1 - m) / s for m, s in zip(preprocessing.MEAN, preprocessing.STD, strict=True)]
+    for t in (preprocessing.normalize(x), preprocessing.normalize(x[None])[0]):
+        assert t.dtype == torch.float32
+        assert torch.allclose(t[:, 0, 0], torch.tensor(expected))
+
+
+def test_describe_is_the_single_source() -> None:
+    d = preprocessing.describe(96, ["cat", "dog"])
+    assert d["image_size"] == 96 and d["classes"] == ["cat", "dog"]
+    assert d["mean"] == list(preprocessing.MEAN) and d["std"] == list(preprocessing.STD)
