@@ -63,7 +63,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         img = Image.fromarray(np.clip(arr / scale, 0, 255).astype(np.uint8), "L")
     elif img.mode == "P":
         img = img.convert("RGBA")
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def decode(img: Image.Image, size: int) -> np.ndarray:
@@ -71,7 +71,7 @@ def decode(img: Image.Image, size: int) -> np.ndarray:
     try:
         img.draft("RGB", (size, size))  # JPEG: decode at 1/2..1/8 scale, never below `size`
         img.load()
-        img = ImageOps.exif_transpose(img)
+        ImageOps.exif_transpose(img, in_place=True)
         img = _to_rgb(img).resize((size, size), Image.Resampling.BILINEAR)
     except Exception as exc:  # Pillow raises many types on corrupt data; each one means "bad file"
         reason = "truncated" if "truncated" in str(exc) else "undecodable"

@@ -12,10 +12,9 @@ import csv
 import dataclasses
 import hashlib
 import json
-import multiprocessing
 import os
 from collections import Counter
-from functools import partial
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -62,11 +61,6 @@ def _fingerprint(files: list[sources.SourceFile], settings: Settings) -> str:
     return h.hexdigest()
 
 
-def _inspect_task(task: tuple[int, Path, Record], **kwargs: Any) -> tuple[int, Record]:
-    index, path, record = task
-    return index, inspect(path, record, index=index, **kwargs)
-
-
 def _inspect_all(
     root: Path,
     records: list[Record],
@@ -76,24 +70,24 @@ def _inspect_all(
     workers: int,
     progress: bool,
 ) -> None:
-    """Hash, check and decode `records[indices]` on all cores, writing pixels to `staging`."""
+    """Hash, check and decode `records[indices]` in threads, writing pixels to `staging`.
+
+    Threads, not processes: Pillow releases the GIL while decoding and resizing, so threads use
+    every core without forking, pickling or copying records, on any OS.
+    """
     with open(staging, "wb") as f:
         f.truncate(len(records) * settings.image_size**2 * 3)  # sparse until rows are written
     limits = {"min_side": settings.min_side, "max_pixels": settings.max_pixels}
-    work = partial(_inspect_task, size=settings.image_size, staging=staging, limits=limits)
-    tasks = [(i, root / records[i].relpath, records[i]) for i in indices]
-    bar = tqdm(total=len(tasks), desc="decode", unit="img", disable=not progress)
-    if workers <= 1:
-        results = map(work, tasks)
-        for index, record in results:
-            records[index] = record
-            bar.update()
-    else:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            for index, record in pool.imap_unordered(work, tasks, chunksize=16):
-                records[index] = record
-                bar.update()
-    bar.close()
+
+    def work(i: int) -> Record:
+        return inspect(
+            root / records[i].relpath, records[i], settings.image_size, staging, i, limits
+        )
+
+    with ThreadPoolExecutor(workers) as pool:
+        done = pool.map(work, indices)
+        for _ in tqdm(done, total=len(indices), desc="decode", unit="img", disable=not progress):
+            pass
 
 
 def read_manifest(path: Path) -> list[Record]:
@@ -155,7 +149,7 @@ def prepare(
     """Run every step that is not already done for this source and settings; return the summary."""
     settings = settings or Settings()
     source, out = Path(source), Path(out)
-    workers = workers or len(os.sched_getaffinity(0))
+    workers = workers or 2 * len(os.sched_getaffinity(0))  # 2 per core also hides file reads
     out.mkdir(parents=True, exist_ok=True)
     root, files = sources.resolve(source, out / "extracted")
     fingerprint = _fingerprint(files, settings)
