@@ -1,0 +1,103 @@
+"""Training throughput: DataModule-fed steps against the compute limit, in the same run.
+
+The compute limit is the same model trained on pre-made tensors of the same shape (no loading, no
+augmentation). Both run through the same Lightning Trainer for the same number of steps; the first
+steps are warm-up and not timed. Variants show what channels_last and DataLoader workers buy.
+
+Usage: python bench/train_throughput.py [--source ../shared/data/petimages-180.zip]
+       [--data-dir data/prepared] [--steps 40] [--config configs/fit.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+from torch.utils.data import DataLoader, TensorDataset
+
+from catsdogs_pl.data.datamodule import CatsDogsDataModule
+from catsdogs_pl.models.classifier import CatsDogsClassifier
+
+WARMUP = 5
+
+
+class StepTimer(L.Callback):
+    """Wall time from the end of the warm-up steps to the last step."""
+
+    def __init__(self) -> None:
+        self.start = self.end = 0.0
+        self.steps = self.samples = 0
+
+    def on_train_batch_end(
+        self, trainer: Any, module: Any, outputs: Any, batch: Any, i: int
+    ) -> None:
+        self.steps += 1
+        if self.steps == WARMUP:
+            self.start = time.perf_counter()
+        elif self.steps > WARMUP:
+            self.samples += len(batch[0])
+            self.end = time.perf_counter()
+
+    @property
+    def rate(self) -> float:
+        return self.samples / (self.end - self.start)
+
+
+def train_rate(model_args: dict[str, Any], steps: int, **fit_kwargs: Any) -> float:
+    L.seed_everything(0, verbose=False)
+    timer = StepTimer()
+    trainer = L.Trainer(
+        max_steps=steps,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+        accelerator="auto",
+        devices=1,
+    )
+    trainer.fit(CatsDogsClassifier(**model_args), **fit_kwargs)
+    return timer.rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    root = Path(__file__).parents[1]
+    parser.add_argument("--config", type=Path, default=root / "configs" / "fit.yaml")
+    parser.add_argument("--source", default=str(root.parent / "shared/data/petimages-180.zip"))
+    parser.add_argument("--data-dir", default="data/prepared")
+    parser.add_argument("--steps", type=int, default=40)
+    args = parser.parse_args()
+    config = yaml.safe_load(args.config.read_text())
+    model_args, data_args = config["model"], config["data"]
+    data_args.update(source=args.source, data_dir=args.data_dir)
+    batch, size = data_args["batch_size"], data_args["image_size"]
+
+    made = TensorDataset(torch.randn(batch * 8, 3, size, size), torch.randint(0, 2, (batch * 8,)))
+    compute = DataLoader(made, batch_size=batch, shuffle=True, drop_last=True)
+    result: dict[str, Any] = {"image_size": size, "batch_size": batch, "steps": args.steps}
+    for channels_last in (True, False):
+        margs = {**model_args, "channels_last": channels_last}
+        limit = train_rate(margs, args.steps, train_dataloaders=compute)
+        fed = {}
+        for workers in sorted({0, 1, data_args["num_workers"]}):
+            dm = CatsDogsDataModule(**{**data_args, "num_workers": workers})
+            fed[f"workers={workers}"] = round(train_rate(margs, args.steps, datamodule=dm), 1)
+        best = max(fed.values())
+        result[f"channels_last={channels_last}"] = {
+            "compute_limit_samples_per_s": round(limit, 1),
+            "datamodule_samples_per_s": fed,
+            "best_ratio_to_limit": round(best / limit, 3),
+        }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

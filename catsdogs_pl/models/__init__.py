@@ -1,0 +1,1 @@
+"""Models: the plain network (`cnn`) and the LightningModule that trains it (`classifier`)."""

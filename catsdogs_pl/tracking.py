@@ -1,0 +1,119 @@
+"""MLflow plumbing: where the tracking store is, run metadata, and the Model Registry rules.
+
+One place decides the tracking URI for every command (`fit`, `package`, `deploy`, ...):
+`--mlflow.tracking_uri`, else `$MLFLOW_TRACKING_URI`, else an embedded SQLite store `mlflow.db`.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+CHAMPION = "champion"
+
+
+@dataclass
+class MlflowSettings:
+    """Where runs go and under which registered model versions are created."""
+
+    experiment: str = "catsdogs"
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
+    registered_model: str = "catsdogs"
+
+
+def resolve_tracking_uri(configured: str | None = None) -> str:
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, before any training, when a tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
+            response.read()
+    except (urllib.error.URLError, OSError) as exc:
+        raise ConnectionError(
+            f"MLflow tracking server {uri} is unreachable ({exc}): start it, or unset "
+            f"MLFLOW_TRACKING_URI / --mlflow.tracking_uri to use the local {DEFAULT_TRACKING_URI}"
+        ) from exc
+
+
+def git_commit() -> str:
+    """The commit of the code that trained the model ('unknown' outside a git checkout)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def environment_tags() -> dict[str, str]:
+    import lightning
+    import torch
+
+    return {
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "mlflow": mlflow.__version__,
+    }
+
+
+def register(
+    client: MlflowClient,
+    name: str,
+    model_uri: str,
+    run_id: str,
+    tags: dict[str, str],
+    description: str,
+) -> ModelVersion:
+    """A new version of registered model `name`, tagged with what makes it comparable."""
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="Cat vs dog classifier (catsdogs_pl)")
+    return client.create_model_version(
+        name, model_uri, run_id=run_id, tags=tags, description=description
+    )
+
+
+def update_champion(
+    client: MlflowClient, name: str, version: ModelVersion, metric: str
+) -> tuple[bool, str]:
+    """Move the `champion` alias to `version` when there is none, or when `version` scores at
+    least as well on the same dataset_version. Returns (moved, reason)."""
+    try:
+        current = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        client.set_registered_model_alias(name, CHAMPION, version.version)
+        return True, "no champion yet"
+    new, old = float(version.tags[metric]), float(current.tags.get(metric, "nan"))
+    same_data = current.tags.get("dataset_version") == version.tags["dataset_version"]
+    if not same_data:
+        return False, (
+            f"champion v{current.version} was tested on dataset {current.tags.get('dataset_version')}, "
+            f"this version on {version.tags['dataset_version']}: not comparable, alias kept"
+        )
+    if new >= old:
+        client.set_registered_model_alias(name, CHAMPION, version.version)
+        return True, f"{metric} {new:.4f} >= champion v{current.version}'s {old:.4f}"
+    return False, f"{metric} {new:.4f} < champion v{current.version}'s {old:.4f}: alias kept"
