@@ -82,6 +82,7 @@ class FitCLI(LightningCLI):
             tracking_uri=self.tracking_uri,
             run_id=run_id,
             log_model=False,
+            artifact_location=tracking.artifact_location(self.tracking_uri),
         )
         callbacks = [
             ModelCheckpoint(

@@ -1,7 +1,9 @@
 """MLflow plumbing: where the tracking store is, run metadata, and the Model Registry rules.
 
 One place decides the tracking URI for every command (`fit`, `package`, `deploy`, ...):
-`--mlflow.tracking_uri`, else `$MLFLOW_TRACKING_URI`, else an embedded SQLite store `mlflow.db`.
+`--mlflow.tracking_uri`, else `$MLFLOW_TRACKING_URI`, else an embedded SQLite store in the state
+folder (`$CATSDOGS_HOME/mlflow.db`, artifacts in `$CATSDOGS_HOME/mlartifacts`), so every command finds
+the same store from any working directory.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+from catsdogs_pl import settings
+
 CHAMPION = "champion"
 
 
@@ -28,12 +31,22 @@ class MlflowSettings:
     """Where runs go and under which registered model versions are created."""
 
     experiment: str = "catsdogs"
-    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else $CATSDOGS_HOME/mlflow.db
     registered_model: str = "catsdogs"
 
 
+def default_tracking_uri() -> str:
+    settings.home().mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{settings.home() / 'mlflow.db'}"
+
+
 def resolve_tracking_uri(configured: str | None = None) -> str:
-    return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def artifact_location(uri: str) -> str | None:
+    """Artifacts of the default store live beside it; other stores keep MLflow's own default."""
+    return str(settings.home() / "mlartifacts") if uri == default_tracking_uri() else None
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
@@ -46,7 +59,7 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     except (urllib.error.URLError, OSError) as exc:
         raise ConnectionError(
             f"MLflow tracking server {uri} is unreachable ({exc}): start it, or unset "
-            f"MLFLOW_TRACKING_URI / --mlflow.tracking_uri to use the local {DEFAULT_TRACKING_URI}"
+            f"MLFLOW_TRACKING_URI / --mlflow.tracking_uri to use the local {default_tracking_uri()}"
         ) from exc
 
 

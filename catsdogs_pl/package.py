@@ -1,0 +1,152 @@
+"""`python -m catsdogs_pl.package`: a registered model version -> `model-store/catsdogs_vN.mar`.
+
+The `.mar` version is the MLflow registered version, so `/predictions/catsdogs/N` serves exactly
+registry version N. The archive holds the servable export of the version's run, the handler, and
+the two source files it imports (copied from the training code under names of their own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from catsdogs_pl import export, settings, tracking
+
+SOURCES = {  # file shipped in the .mar -> where it comes from
+    "catsdogs_cnn.py": settings.ROOT / "catsdogs_pl" / "models" / "cnn.py",
+    "catsdogs_preprocessing.py": settings.ROOT / "catsdogs_pl" / "preprocessing.py",
+}
+
+
+def stage(export_dir: Path, out: Path) -> Path:
+    """The model folder exactly as TorchServe unpacks it: handler, sources, servable files."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in export.FILES:
+        shutil.copy(export_dir / name, out / name)
+    for name, source in SOURCES.items():
+        shutil.copy(source, out / name)
+    shutil.copy(settings.HANDLER, out / settings.HANDLER.name)
+    shutil.copy(settings.MODEL_CONFIG, out / settings.MODEL_CONFIG.name)
+    return out
+
+
+def build_mar(export_dir: Path, version: str, store: Path) -> Path:
+    """Archive `export_dir` as `store/catsdogs_v<version>.mar` with torch-model-archiver."""
+    export.load(export_dir)  # refuse a broken export before it reaches a server
+    store.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = stage(export_dir, Path(tmp) / "model")
+        extra = [staged / n for n in (*export.FILES, *SOURCES) if n != export.WEIGHTS]
+        cmd = [
+            sys.executable,
+            "-m",
+            "model_archiver.model_packaging",
+            "--model-name",
+            settings.MODEL_NAME,
+            "--version",
+            str(version),
+            "--serialized-file",
+            str(staged / export.WEIGHTS),
+            "--handler",
+            str(staged / settings.HANDLER.name),
+            "--extra-files",
+            ",".join(map(str, extra)),
+            "--config-file",
+            str(staged / settings.MODEL_CONFIG.name),
+            "--export-path",
+            tmp,
+            "--force",
+        ]
+        subprocess.run(cmd, check=True, capture_output=True, text=True)
+        target = store / settings.mar_name(version)
+        shutil.move(Path(tmp) / f"{settings.MODEL_NAME}.mar", target)
+    return target
+
+
+def resolve_version(
+    client: MlflowClient,
+    name: str,
+    version: str | None = None,
+    alias: str | None = None,
+    run_id: str | None = None,
+) -> tuple[str, str]:
+    """(registered version, run id) from exactly one of version, alias or run id."""
+    try:
+        if alias:
+            mv = client.get_model_version_by_alias(name, alias)
+        elif run_id:
+            found = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+            if not found:
+                raise LookupError(f"run {run_id} has no registered version of '{name}'")
+            mv = max(found, key=lambda v: int(v.version))
+        else:
+            mv = client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        wanted = f"alias '{alias}'" if alias else f"version {version}"
+        raise LookupError(f"registered model '{name}' has no {wanted} ({exc.message})") from exc
+    return mv.version, mv.run_id
+
+
+def package(
+    version: str | None = None,
+    alias: str | None = None,
+    run_id: str | None = None,
+    export_dir: Path | None = None,
+    tracking_uri: str | None = None,
+    force: bool = False,
+) -> tuple[str, Path]:
+    """Build (or reuse) the archive of one version; returns (version, .mar path)."""
+    store = settings.model_store()
+    if export_dir is not None:
+        version = version or "1"
+        return version, build_mar(Path(export_dir), version, store)
+    client = MlflowClient(tracking.resolve_tracking_uri(tracking_uri))
+    version, run_id = resolve_version(client, settings.MODEL_NAME, version, alias, run_id)
+    target = store / settings.mar_name(version)
+    if target.exists() and not force:
+        return version, target
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = client.download_artifacts(run_id, "servable", tmp)
+        return version, build_mar(Path(folder), version, store)
+
+
+def add_version_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model-version / --alias / --run-id, shared by package and deploy."""
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model-version", help="registered version N of 'catsdogs'")
+    which.add_argument("--alias", help="a registry alias, e.g. champion")
+    which.add_argument("--run-id", help="the MLflow run that registered the version")
+    parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else the home store")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m catsdogs_pl.package", description=__doc__)
+    add_version_arguments(parser)
+    parser.add_argument("--export-dir", type=Path, help="a local servable export folder instead")
+    parser.add_argument("--force", action="store_true", help="rebuild an existing archive")
+    args = parser.parse_args(argv)
+    try:
+        version, path = package(
+            args.model_version,
+            args.alias,
+            args.run_id,
+            args.export_dir,
+            args.tracking_uri,
+            args.force,
+        )
+    except (LookupError, FileNotFoundError, subprocess.CalledProcessError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"version {version}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""`python -m catsdogs_pl.predict IMAGE... [--url URL] [--model-version N]`: ask the server."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from catsdogs_pl import settings
+from catsdogs_pl import torchserve as ts
+
+
+def predict(image: Path, url: str | None = None, version: str | None = None) -> tuple[int, Any]:
+    """(HTTP status, answer) for one image file sent as raw bytes."""
+    base = url or settings.address("inference")
+    path = f"/predictions/{settings.MODEL_NAME}" + (f"/{version}" if version else "")
+    headers = {"Content-Type": "application/octet-stream"}
+    key = ts.read_key("inference")
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    request = urllib.request.Request(base + path, image.read_bytes(), headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            status, body = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, body = exc.code, exc.read()
+    except (urllib.error.URLError, OSError) as exc:
+        raise ts.TorchServeError(f"no server at {base} ({exc}): is it started?") from exc
+    try:
+        return status, json.loads(body)
+    except json.JSONDecodeError:
+        return status, body.decode(errors="replace")
+
+
+def describe(image: Path, status: int, answer: Any) -> str:
+    if status == 200 and isinstance(answer, dict) and "label" in answer:
+        probs = ", ".join(f"{k} {v:.3f}" for k, v in answer["probabilities"].items())
+        return f"{image}: {answer['label']}  ({probs})  model v{answer['model_version']}"
+    return f"{image}: HTTP {status} {answer}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m catsdogs_pl.predict", description=__doc__)
+    parser.add_argument("images", nargs="+", type=Path)
+    parser.add_argument("--url", help=f"inference API (default {settings.address('inference')})")
+    parser.add_argument("--model-version", help="a specific version instead of the default")
+    args = parser.parse_args(argv)
+    failed = 0
+    for image in args.images:
+        if not image.is_file():
+            print(f"{image}: no such file", file=sys.stderr)
+            failed += 1
+            continue
+        try:
+            status, answer = predict(image, args.url, args.model_version)
+        except ts.TorchServeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(describe(image, status, answer))
+        failed += status != 200
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

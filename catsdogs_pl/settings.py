@@ -1,0 +1,49 @@
+"""Where catsdogs keeps its state, and the serving names and addresses: one source for all commands.
+
+Every command (`fit`, `package`, `serve`, `deploy`, `predict`) works from any folder because state
+lives under one home folder: `$CATSDOGS_HOME`, by default `~/.catsdogs`. Ports and addresses are read
+from `configs/torchserve/config.properties`, the file TorchServe itself, the tests, the Dockerfile
+and docker compose use.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_NAME = "catsdogs"
+TS_CONFIG = ROOT / "configs" / "torchserve" / "config.properties"
+MODEL_CONFIG = ROOT / "configs" / "torchserve" / "model-config.yaml"
+HANDLER = ROOT / "handlers" / "catsdogs_handler.py"
+
+
+def home() -> Path:
+    """The state folder: MLflow store (by default), model store, TorchServe logs and token keys."""
+    return Path(os.environ.get("CATSDOGS_HOME", "~/.catsdogs")).expanduser().resolve()
+
+
+def model_store() -> Path:
+    return home() / "model-store"
+
+
+def mar_name(version: str | int) -> str:
+    """The archive of registered version N: its TorchServe version is the MLflow version."""
+    return f"{MODEL_NAME}_v{version}.mar"
+
+
+def ts_properties(path: Path = TS_CONFIG) -> dict[str, str]:
+    """config.properties as a dict (key=value lines, # comments)."""
+    props = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            props[key.strip()] = value.strip()
+    return props
+
+
+def address(kind: str) -> str:
+    """'inference', 'management' or 'metrics' base URL, as TorchServe binds it here."""
+    url = ts_properties()[f"{kind}_address"]
+    return url.replace("0.0.0.0", "127.0.0.1")

@@ -1,0 +1,137 @@
+"""TorchServe handler for catsdogs: one bad upload gets its own 400, never a 503 for the batch.
+
+Everything it loads sits inside the `.mar`: `weights.pt` (a state_dict, read with weights_only=True),
+`architecture.json`, `preprocessing.json`, `index_to_name.json`, and the two source files copied from
+the training code, `catsdogs_cnn.py` (the network) and `catsdogs_preprocessing.py` (decode, resize,
+normalise). Serving therefore runs the very code that built the training cache.
+
+Accepted bodies: raw image bytes, multipart (field `data` or `file`), JSON `{"data": "<base64>"}`
+and base64 text. Answer per image: `{"label", "probabilities", "model_version"}`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import catsdogs_preprocessing as preprocessing
+import numpy as np
+import torch
+from catsdogs_cnn import BaselineCNN
+from catsdogs_preprocessing import BadImage
+
+_BASE64_PREFIX = "base64,"  # data URLs: data:image/jpeg;base64,...
+
+
+def _b64decode(text: str | bytes) -> bytes:
+    if isinstance(text, bytes):
+        text = text.decode("ascii", errors="replace")
+    text = text.strip()
+    if _BASE64_PREFIX in text[:64]:
+        text = text.split(_BASE64_PREFIX, 1)[1]
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadImage("bad_base64", f"the body is text but not valid base64 ({exc})") from exc
+
+
+def _payload(row: dict[str, Any]) -> bytes:
+    """The image bytes of one request, whatever way the client sent them."""
+    value = next((row[k] for k in ("data", "file", "body") if row.get(k) is not None), None)
+    if isinstance(value, dict):  # application/json arrives parsed
+        if "data" not in value:
+            raise BadImage("bad_json", 'the JSON body needs a "data" field with the base64 image')
+        value = value["data"]
+        if not isinstance(value, str):
+            raise BadImage(
+                "bad_json", f'"data" must be a base64 string, not {type(value).__name__}'
+            )
+        return _b64decode(value)
+    if isinstance(value, list):
+        raise BadImage("bad_json", 'send one JSON object {"data": "<base64>"}, not a list')
+    if isinstance(value, str):  # text/*: base64 text
+        return _b64decode(value)
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    raise BadImage("empty", "the request has no body: send the image bytes")
+
+
+class CatsDogsHandler:
+    """initialize() once per worker; handle() per batch."""
+
+    def __init__(self) -> None:
+        self.initialized = False
+
+    def initialize(self, context: Any) -> None:
+        model_dir = Path(context.system_properties["model_dir"])
+        config = (getattr(context, "model_yaml_config", None) or {}).get("handler", {})
+        torch.set_num_threads(int(config.get("torch_threads", 1)))
+        self.net = BaselineCNN(**json.loads((model_dir / "architecture.json").read_text()))
+        weights = model_dir / context.manifest["model"].get("serializedFile", "weights.pt")
+        self.net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        self.net.eval()
+        self.pre = json.loads((model_dir / "preprocessing.json").read_text())
+        names = json.loads((model_dir / "index_to_name.json").read_text())
+        self.classes = [names[str(i)] for i in range(len(names))]
+        self.version = str(context.manifest["model"].get("modelVersion", ""))
+        self.max_bytes = int(config.get("max_bytes", 10_000_000))
+        self.limits = {
+            "min_side": int(config.get("min_side", self.pre["min_side"])),
+            "max_pixels": int(config.get("max_pixels", self.pre["max_pixels"])),
+        }
+        self.initialized = True
+
+    def decode(self, row: dict[str, Any]) -> np.ndarray:
+        """One request to a uint8 HWC array, or BadImage naming what is wrong."""
+        data = _payload(row)
+        if len(data) > self.max_bytes:
+            raise BadImage("too_large", f"{len(data)} bytes is over the {self.max_bytes} limit")
+        return preprocessing.load_rgb(data, self.pre["image_size"], **self.limits)
+
+    def predict(self, images: list[np.ndarray]) -> torch.Tensor:
+        batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+        x = preprocessing.normalize(batch, tuple(self.pre["mean"]), tuple(self.pre["std"]))
+        with torch.inference_mode():
+            return self.net(x).softmax(-1)
+
+    def handle(self, data: list[dict[str, Any]], context: Any) -> list[dict[str, Any]]:
+        from ts.metrics.dimension import Dimension  # TorchServe's runtime, present in a worker
+
+        start = time.perf_counter()
+        results: list[dict[str, Any]] = [{} for _ in data]
+        good: list[int] = []
+        images: list[np.ndarray] = []
+        for i, row in enumerate(data):
+            try:
+                images.append(self.decode(row))
+                good.append(i)
+            except BadImage as exc:
+                results[i] = {"error": exc.reason, "message": exc.detail}
+                context.set_response_status(400, f"{exc.reason}: {exc.detail}", idx=i)
+                dims = [Dimension("Reason", exc.reason)]
+                context.metrics.add_counter("CatsDogsRejectedInputs", 1, idx=i, dimensions=dims)
+        decoded = time.perf_counter()
+        if images:
+            probs = self.predict(images).tolist()
+            for i, p in zip(good, probs, strict=True):
+                label = self.classes[int(np.argmax(p))]
+                results[i] = {
+                    "label": label,
+                    "probabilities": {c: round(v, 6) for c, v in zip(self.classes, p, strict=True)},
+                    "model_version": self.version,
+                }
+                dims = [Dimension("Label", label)]
+                context.metrics.add_counter("CatsDogsPredictions", 1, idx=i, dimensions=dims)
+        done = time.perf_counter()
+        idx = good[0] if good else 0
+        context.metrics.add_time(
+            "CatsDogsPreprocessTime", (decoded - start) * 1e3, idx=idx, dimensions=[]
+        )
+        context.metrics.add_time(
+            "CatsDogsInferenceTime", (done - decoded) * 1e3, idx=idx, dimensions=[]
+        )
+        return results

@@ -1,0 +1,167 @@
+"""The real entry point (`catsdogs_pl.fit.main`) on the demo config, shrunk, with MLflow in tmp_path."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from catsdogs_pl import export, tracking
+from catsdogs_pl.fit import main
+from catsdogs_pl.models.classifier import TEST_ACC, VAL_ACC
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("data") / "synthetic"
+
+
+@pytest.fixture
+def fit_args(tmp_path: Path, synthetic: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is ./mlruns
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return [
+        "--config",
+        str(ROOT / "configs" / "demo.yaml"),
+        f"--data.source={synthetic}",
+        "--data.synthetic_per_class=40",
+        f"--data.data_dir={tmp_path / 'prepared'}",
+        "--data.image_size=32",
+        "--data.batch_size=16",
+        "--model.width=8",
+        "--model.depth=2",
+        "--trainer.max_epochs=2",
+        "--trainer.enable_progress_bar=false",
+        f"--checkpoint_dir={tmp_path / 'checkpoints'}",
+        f"--mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+    ]
+
+
+def artifacts(client: MlflowClient, run_id: str, path: str = "") -> set[str]:
+    found: set[str] = set()
+    for item in client.list_artifacts(run_id, path):
+        found |= artifacts(client, run_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
+def test_demo_fit_logs_registers_and_exports(fit_args: list[str], tmp_path: Path) -> None:
+    summary = main(fit_args)
+    client = MlflowClient(summary["tracking_uri"])
+    run = client.get_run(summary["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["width"] == "8" and run.data.params["image_size"] == "32"
+    assert len(run.data.params["data/dataset_version"]) == 16
+    assert {VAL_ACC, TEST_ACC, "train/loss_epoch", "val/acc_best"} <= set(run.data.metrics)
+    assert run.data.tags["torch"] == torch.__version__ and "git_commit" in run.data.tags
+    assert len(client.get_metric_history(run.info.run_id, VAL_ACC)) == 2  # one per epoch
+    found = artifacts(client, run.info.run_id)
+    expected = {"config.yaml", "data/summary.json"} | {f"servable/{f}" for f in export.FILES}
+    expected |= {f"plots/{p}.png" for p in ("learning_curves", "confusion_matrix", "roc_curve")}
+    expected |= {"plots/confident_mistakes.png"}
+    assert expected <= found
+    assert any(f.startswith("checkpoints/best-epoch") for f in found)
+
+    version = client.get_model_version("catsdogs", summary["version"])
+    assert version.run_id == run.info.run_id
+    assert version.tags["dataset_version"] == run.data.params["data/dataset_version"]
+    assert float(version.tags[TEST_ACC]) == pytest.approx(run.data.metrics[TEST_ACC], abs=1e-5)
+    assert client.get_model_version_by_alias("catsdogs", "champion").version == version.version
+    assert summary["champion_moved"] is True
+
+    local = Path(client.download_artifacts(run.info.run_id, "servable", str(tmp_path / "dl")))
+    net, pre = export.load(local)
+    assert pre["classes"] == ["cat", "dog"] and pre["image_size"] == 32
+    assert net(torch.zeros(3, 3, 32, 32)).shape == (3, 2)
+
+
+def test_same_seed_same_metrics(fit_args: list[str], tmp_path: Path) -> None:
+    first = main([*fit_args, "--trainer.max_epochs=1"])
+    second = main([*fit_args, "--trainer.max_epochs=1", f"--checkpoint_dir={tmp_path / 'ckpt2'}"])
+    assert first["run_id"] != second["run_id"]
+    assert first["test_metrics"] == second["test_metrics"]
+    assert second["version"] == str(int(first["version"]) + 1)
+
+
+def test_resume_continues_the_same_run(fit_args: list[str]) -> None:
+    first = main([*fit_args, "--trainer.max_epochs=1"])
+    resumed = main([*fit_args, "--trainer.max_epochs=2", "--ckpt_path=last"])
+    assert resumed["run_id"] == first["run_id"]
+    client = MlflowClient(resumed["tracking_uri"])
+    epochs = [m.step for m in client.get_metric_history(resumed["run_id"], "epoch")]
+    assert max(epochs) == 1  # epoch 0 from the first fit, epoch 1 from the resumed one
+    assert len(client.get_metric_history(resumed["run_id"], VAL_ACC)) == 2
+
+
+def test_resume_without_checkpoint_says_what_to_do(fit_args: list[str]) -> None:
+    with pytest.raises(FileNotFoundError, match="train once without --ckpt_path"):
+        main([*fit_args, "--ckpt_path=last"])
+
+
+def test_missing_data_names_the_key(fit_args: list[str], tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"data\.source=.*nope.*download"):
+        main([*fit_args, f"--data.source={tmp_path / 'nope'}", "--data.synthetic_per_class=0"])
+
+
+def test_unreachable_tracking_server_fails_before_training(
+    fit_args: list[str], tmp_path: Path
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: nothing listens there
+    uri = f"http://127.0.0.1:{port}"
+    with pytest.raises(ConnectionError, match=uri):
+        main([*fit_args, f"--mlflow.tracking_uri={uri}"])
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "prepared").exists()
+
+
+def test_exception_marks_the_run_failed(fit_args: list[str], tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="model.num_classes=3"):
+        main([*fit_args, "--model.num_classes=3"])
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("catsdogs-demo").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_champion_alias_rule(tmp_path: Path) -> None:
+    client = MlflowClient(f"sqlite:///{tmp_path / 'registry.db'}")
+
+    def new_version(acc: float, data: str):
+        tags = {TEST_ACC: str(acc), "dataset_version": data}
+        return tracking.register(client, "m", str(tmp_path), "", tags, "test")
+
+    assert tracking.update_champion(client, "m", new_version(0.90, "d1"), TEST_ACC)[0]
+    assert not tracking.update_champion(client, "m", new_version(0.80, "d1"), TEST_ACC)[0]
+    assert client.get_model_version_by_alias("m", "champion").version == "1"
+    assert tracking.update_champion(client, "m", new_version(0.90, "d1"), TEST_ACC)[0]  # a tie
+    moved, reason = tracking.update_champion(client, "m", new_version(0.99, "d2"), TEST_ACC)
+    assert not moved and "not comparable" in reason
+    assert client.get_model_version_by_alias("m", "champion").version == "3"
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(fit_args: list[str], tmp_path: Path) -> None:
+    args = [*fit_args, "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "catsdogs_pl.fit", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "registered: catsdogs version 1" in proc.stdout
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("catsdogs-demo").experiment_id])
+    assert len(runs) == 1  # one run for both processes
+    assert "MEMBER: 2/2" in proc.stdout + proc.stderr  # two ranks really trained
+    assert runs[0].info.status == "FINISHED" and TEST_ACC in runs[0].data.metrics
