@@ -171,7 +171,7 @@ def publish(
         "run_id": run_id,
         "tracking_uri": cli.tracking_uri,
         "registered_model": settings.registered_model,
-        "version": version.version,
+        "version": str(version.version),
         "champion_moved": moved,
         "champion_reason": reason,
         "test_metrics": metrics,

@@ -91,7 +91,7 @@ def resolve_version(
     except MlflowException as exc:
         wanted = f"alias '{alias}'" if alias else f"version {version}"
         raise LookupError(f"registered model '{name}' has no {wanted} ({exc.message})") from exc
-    return mv.version, mv.run_id
+    return str(mv.version), mv.run_id  # MLflow 3 returns int versions; TorchServe strings
 
 
 def package(

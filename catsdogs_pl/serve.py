@@ -52,7 +52,9 @@ def start(mar: Path | None = None, timeout: float = 120) -> str:
     if mar is not None:
         cmd += ["--models", f"{settings.MODEL_NAME}={mar.name}"]
     # no pipes: the Java server inherits them and would keep run() waiting forever
-    subprocess.run(cmd, cwd=home, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    subprocess.run(
+        cmd, cwd=home, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    )
     deadline = time.monotonic() + timeout
     while not (home / ts.KEY_FILE).exists() or not is_up():
         if time.monotonic() > deadline:

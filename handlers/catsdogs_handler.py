@@ -57,6 +57,13 @@ def _payload(row: dict[str, Any]) -> bytes:
         return _b64decode(value)
     if isinstance(value, (bytes, bytearray)):
         return bytes(value)
+    if row:  # e.g. a form post: curl --data-binary without Content-Type: application/octet-stream
+        raise BadImage(
+            "missing_image",
+            f"no image in the request (fields: {', '.join(sorted(map(str, row)))[:200]}): send the "
+            "bytes as an application/octet-stream body (curl -T), a multipart field 'data' or "
+            """'file', or JSON {"data": "<base64>"}""",
+        )
     raise BadImage("empty", "the request has no body: send the image bytes")
 
 

@@ -28,7 +28,9 @@ class ResidualBlock(nn.Module):
             nn.Identity() if stride == 1 and c_in == c_out else _conv_bn(c_in, c_out, stride, 1)
         )
         self.act = nn.ReLU(inplace=True)
-        nn.init.zeros_(self.body[-1][1].weight)  # each block starts as identity: faster early training
+        nn.init.zeros_(
+            self.body[-1][1].weight
+        )  # each block starts as identity: faster early training
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.body(x) + self.skip(x))

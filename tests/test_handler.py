@@ -1,0 +1,137 @@
+"""The TorchServe handler with a fake context: input formats, per-request errors, parity."""
+
+from __future__ import annotations
+
+import base64
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from catsdogs_pl import export, package, preprocessing
+from catsdogs_pl.data.datamodule import CatsDogsDataModule
+from tests.conftest import image_bytes, make_class_folders
+from tests.serving import SIZE, FakeContext, load_handler, make_export
+from tests.test_preprocessing import png_claiming
+
+JPEG = image_bytes(1, (80, 60))
+PNG = image_bytes(2, (70, 50), fmt="PNG")
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    return package.stage(make_export(tmp_path / "export"), tmp_path / "model")
+
+
+@pytest.fixture
+def handler_and_context(model_dir: Path):
+    context = FakeContext(model_dir)
+    return load_handler(model_dir, context), context
+
+
+def run(handler_and_context, rows: list[dict]):
+    handler, context = handler_and_context
+    return handler.handle(rows, context), context
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"body": JPEG},
+        {"body": bytearray(PNG)},
+        {"data": JPEG},  # multipart field "data"
+        {"file": PNG},  # multipart field "file"
+        {"body": {"data": base64.b64encode(JPEG).decode()}},  # application/json
+        {"body": base64.b64encode(PNG).decode()},  # text/plain base64
+        {"body": "data:image/jpeg;base64," + base64.b64encode(JPEG).decode()},
+    ],
+)
+def test_every_input_format(handler_and_context, row: dict) -> None:
+    (answer,), context = run(handler_and_context, [row])
+    assert context.statuses == {}
+    assert answer["label"] in ("cat", "dog") and answer["model_version"] == "3"
+    assert set(answer["probabilities"]) == {"cat", "dog"}
+    assert sum(answer["probabilities"].values()) == pytest.approx(1, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("row", "reason"),
+    [
+        ({"body": b""}, "empty"),
+        ({}, "empty"),
+        ({"a": b"1", "b": b"2"}, "missing_image"),
+        ({"body": b"<html>hello</html>"}, "not_an_image"),
+        ({"body": image_bytes(3, (400, 300))[:2500]}, "truncated"),
+        ({"body": png_claiming(30_000, 30_000)}, "decompression_bomb"),
+        ({"body": image_bytes(4, (1, 1))}, "too_small"),
+        ({"body": {"image": "x"}}, "bad_json"),
+        ({"body": {"data": 12}}, "bad_json"),
+        ({"body": [1, 2]}, "bad_json"),
+        ({"body": "this is not base64!"}, "bad_base64"),
+    ],
+)
+def test_bad_input_is_a_400_naming_the_problem(handler_and_context, row: dict, reason: str) -> None:
+    (answer,), context = run(handler_and_context, [row])
+    assert answer["error"] == reason and answer["message"]
+    code, phrase = context.statuses[0]
+    assert code == 400 and phrase.startswith(reason)
+
+
+def test_size_limit_from_model_config(model_dir: Path) -> None:
+    context = FakeContext(model_dir, max_bytes=1000)
+    handler = load_handler(model_dir, context)
+    (answer,) = handler.handle([{"body": JPEG}], context)
+    assert answer["error"] == "too_large" and "1000" in answer["message"]
+
+
+def test_one_bad_image_does_not_spoil_the_batch(handler_and_context) -> None:
+    rows = [{"body": JPEG}, {"body": b"garbage"}, {"data": PNG}, {"body": b""}]
+    answers, context = run(handler_and_context, rows)
+    assert len(answers) == 4
+    assert set(context.statuses) == {1, 3}
+    assert answers[0]["label"] in ("cat", "dog") and answers[2]["label"] in ("cat", "dog")
+    assert answers[1]["error"] == "not_an_image" and answers[3]["error"] == "empty"
+    names = [(name, dims[0]) for name, _, dims in context.metrics.calls if dims]
+    assert ("CatsDogsRejectedInputs", ("Reason", "not_an_image")) in names
+    assert sum(n == "CatsDogsPredictions" for n, _ in names) == 2
+    timed = {name for name, _, dims in context.metrics.calls if not dims}
+    assert timed == {"CatsDogsPreprocessTime", "CatsDogsInferenceTime"}
+
+
+def test_batched_answers_equal_single_answers(handler_and_context) -> None:
+    rows = [{"body": image_bytes(i, (64, 64))} for i in range(5)]
+    batched, _ = run(handler_and_context, rows)
+    single = [run(handler_and_context, [row])[0][0] for row in rows]
+    for a, b in zip(batched, single, strict=True):
+        assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-5)
+
+
+def test_parity_with_training_evaluation(tmp_path: Path, model_dir: Path) -> None:
+    """Same bytes: the handler's input tensor equals the DataModule's evaluation batch."""
+    src = make_class_folders(tmp_path / "src", per_class=12)
+    dm = CatsDogsDataModule(
+        source=str(src), data_dir=str(tmp_path / "prep"), image_size=SIZE, num_workers=0
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    images, _ = next(iter(dm.val_dataloader()))
+    train_side, _ = dm.on_after_batch_transfer((images, None), 0)
+    with open(tmp_path / "prep" / "manifest.csv", newline="") as f:
+        val_files = [r["relpath"] for r in csv.DictReader(f) if r["split"] == "val"]
+    assert len(val_files) == len(train_side) > 0
+
+    context = FakeContext(model_dir)
+    handler = load_handler(model_dir, context)
+    decoded = [handler.decode({"body": (src / rel).read_bytes()}) for rel in val_files]
+    batch = torch.from_numpy(np.stack(decoded)).permute(0, 3, 1, 2)
+    serve_side = preprocessing.normalize(
+        batch, tuple(handler.pre["mean"]), tuple(handler.pre["std"])
+    )
+    assert torch.equal(serve_side, train_side)
+
+    net, _ = export.load(model_dir)
+    with torch.inference_mode():
+        expected = net(train_side).softmax(-1)
+    assert torch.allclose(handler.predict(decoded), expected)
