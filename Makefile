@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch>=2.4 torchvision>=0.19
 SOURCE ?= ../shared/data/petimages-180.zip
 
-.PHONY: venv test lint prepare bench clean
+.PHONY: venv test lint demo prepare bench clean
 
 venv: $(VENV)/.installed
 
@@ -23,11 +23,17 @@ lint: venv
 test: lint
 	$(PY) -m pytest
 
+# The main job end to end on synthetic data; its state (MLflow store, model store, TorchServe logs
+# and token) stays in .demo/ so it never mixes with real trainings in ~/.catsdogs.
+demo: venv
+	CATSDOGS_HOME=$(CURDIR)/.demo $(PY) -m catsdogs_pl.demo
+
 prepare: venv
 	$(PY) -m catsdogs_pl.data prepare --source $(SOURCE) --out data/prepared
 
 bench: venv
 	$(PY) bench/data_prep.py
+	$(PY) bench/train_throughput.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .demo .pytest_cache .ruff_cache *.egg-info

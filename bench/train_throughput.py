@@ -49,7 +49,7 @@ class StepTimer(L.Callback):
         return self.samples / (self.end - self.start)
 
 
-def train_rate(model_args: dict[str, Any], steps: int, **fit_kwargs: Any) -> float:
+def train_rate(model_args: dict[str, Any], steps: int, precision: str, **fit_kwargs: Any) -> float:
     L.seed_everything(0, verbose=False)
     timer = StepTimer()
     trainer = L.Trainer(
@@ -62,6 +62,7 @@ def train_rate(model_args: dict[str, Any], steps: int, **fit_kwargs: Any) -> flo
         callbacks=[timer],
         accelerator="auto",
         devices=1,
+        precision=precision,
     )
     trainer.fit(CatsDogsClassifier(**model_args), **fit_kwargs)
     return timer.rate
@@ -79,17 +80,27 @@ def main() -> None:
     model_args, data_args = config["model"], config["data"]
     data_args.update(source=args.source, data_dir=args.data_dir)
     batch, size = data_args["batch_size"], data_args["image_size"]
+    precision = config["trainer"].get("precision", "32-true")
 
     made = TensorDataset(torch.randn(batch * 8, 3, size, size), torch.randint(0, 2, (batch * 8,)))
     compute = DataLoader(made, batch_size=batch, shuffle=True, drop_last=True)
-    result: dict[str, Any] = {"image_size": size, "batch_size": batch, "steps": args.steps}
+    result: dict[str, Any] = {
+        "image_size": size,
+        "batch_size": batch,
+        "precision": precision,
+        "params_millions": round(
+            sum(p.numel() for p in CatsDogsClassifier(**model_args).parameters()) / 1e6, 2
+        ),
+        "steps": args.steps,
+    }
     for channels_last in (True, False):
         margs = {**model_args, "channels_last": channels_last}
-        limit = train_rate(margs, args.steps, train_dataloaders=compute)
+        limit = train_rate(margs, args.steps, precision, train_dataloaders=compute)
         fed = {}
         for workers in sorted({0, 1, data_args["num_workers"]}):
             dm = CatsDogsDataModule(**{**data_args, "num_workers": workers})
-            fed[f"workers={workers}"] = round(train_rate(margs, args.steps, datamodule=dm), 1)
+            rate = train_rate(margs, args.steps, precision, datamodule=dm)
+            fed[f"workers={workers}"] = round(rate, 1)
         best = max(fed.values())
         result[f"channels_last={channels_last}"] = {
             "compute_limit_samples_per_s": round(limit, 1),

@@ -44,6 +44,8 @@ def ts_properties(path: Path = TS_CONFIG) -> dict[str, str]:
 
 
 def address(kind: str) -> str:
-    """'inference', 'management' or 'metrics' base URL, as TorchServe binds it here."""
-    url = ts_properties()[f"{kind}_address"]
+    """'inference', 'management' or 'metrics' base URL. TS_INFERENCE_ADDRESS and friends override
+    config.properties, for TorchServe (enable_envvars_config=true) and for us alike."""
+    key = f"{kind}_address"
+    url = os.environ.get(f"TS_{key.upper()}") or ts_properties()[key]
     return url.replace("0.0.0.0", "127.0.0.1")

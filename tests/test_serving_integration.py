@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import urllib.parse
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from mlflow import MlflowClient
 from catsdogs_pl import deploy, serve, settings, tracking
 from catsdogs_pl import torchserve as ts
 from catsdogs_pl.predict import predict
-from tests.conftest import image_bytes
+from tests.conftest import image_bytes, shared_file
 from tests.serving import make_export
 from tests.test_preprocessing import png_claiming
 
@@ -123,3 +124,30 @@ def test_metrics_include_torchserve_and_handler_counters(server: Path) -> None:
     assert "ts_inference_requests_total" in text
     assert 'CatsDogsPredictions{Label="' in text
     assert 'CatsDogsRejectedInputs{Reason="not_an_image"' in text
+
+
+SAMPLE_STATUS = {
+    "Cat/666.jpg": (400, "empty"),
+    "Dog/11702.jpg": (400, "truncated"),
+    "Cat/Thumbs.db": (400, "not_an_image"),
+    "Cat/10001.jpg": (400, "not_an_image"),
+    "Dog/10011.jpg": (400, "decompression_bomb"),
+    "Cat/10009.jpg": (400, "too_small"),
+    "Dog/10002.jpg": (200, None),  # PNG named .jpg
+    "Cat/10003.jpg": (200, None),  # CMYK
+    "Dog/10004.jpg": (200, None),  # greyscale
+    "Cat/10005.jpg": (200, None),  # animated GIF
+    "Dog/10006.jpg": (200, None),  # EXIF-rotated
+    "Cat/10010.jpg": (200, None),  # junk after the end marker
+}
+
+
+def test_real_sample_defects(server: Path) -> None:
+    sample = shared_file("petimages-fullsize-sample.zip")
+    if not ts.describe(""):
+        deploy.deploy(version="1")
+    with zipfile.ZipFile(sample) as zf:
+        for rel, (status, reason) in SAMPLE_STATUS.items():
+            response = send(zf.read(f"PetImages/{rel}"))
+            assert response.status == status, (rel, response.body)
+            assert response.json().get("error") == reason, rel

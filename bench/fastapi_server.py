@@ -1,0 +1,58 @@
+"""The original project's serving design, kept only as the baseline of bench/serve.py.
+
+FastAPI + uvicorn in one process: `POST /predict` with an upload field `file` answers
+`{"label", "probabilities"}`; no auth, no batching, the model runs inside the request. It serves the
+same export with the same preprocessing as our TorchServe handler, so only the server design differs.
+
+Bench-only extras, not project dependencies: pip install fastapi uvicorn python-multipart
+
+Usage: python bench/fastapi_server.py --export-dir DIR [--port 18090] [--torch-threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+import uvicorn
+from fastapi import FastAPI, HTTPException, UploadFile
+
+from catsdogs_pl import export, preprocessing
+
+
+def create_app(export_dir: Path) -> FastAPI:
+    """The app answering with the export in `export_dir`."""
+    net, pre = export.load(export_dir)
+    limits = {"min_side": pre["min_side"], "max_pixels": pre["max_pixels"]}
+    app = FastAPI()
+
+    @app.post("/predict")
+    async def predict(file: UploadFile):  # no return annotation: FastAPI would validate it
+        try:
+            image = preprocessing.load_rgb(await file.read(), pre["image_size"], **limits)
+        except preprocessing.BadImage as exc:
+            raise HTTPException(400, str(exc)) from exc
+        batch = torch.from_numpy(np.stack([image])).permute(0, 3, 1, 2)  # stack: writable copy
+        x = preprocessing.normalize(batch, pre["mean"], pre["std"])
+        with torch.inference_mode():
+            probs = net(x).softmax(-1)[0].tolist()
+        label = pre["classes"][probs.index(max(probs))]
+        return {"label": label, "probabilities": dict(zip(pre["classes"], probs, strict=True))}
+
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--export-dir", type=Path, required=True)
+    parser.add_argument("--port", type=int, default=18090)
+    parser.add_argument("--torch-threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.torch_threads)
+    uvicorn.run(create_app(args.export_dir), host="127.0.0.1", port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
