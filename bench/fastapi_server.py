@@ -51,7 +51,9 @@ def main() -> None:
     parser.add_argument("--torch-threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.torch_threads)
-    uvicorn.run(create_app(args.export_dir), host="127.0.0.1", port=args.port, log_level="warning")
+    app = create_app(args.export_dir)
+    # warning: no access-log line per request on the terminal (TorchServe writes its own to a file)
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":

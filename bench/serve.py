@@ -9,7 +9,8 @@ preprocessing keeps), one after the other, in the same run:
    `--torch-threads` torch threads each on full batches: TorchServe's thread budget without HTTP,
    Java or queues.
 3. The original project's design, bench/fastapi_server.py (FastAPI + uvicorn, one process, the
-   model inside the request), given the same total torch threads unless --fastapi-torch-threads.
+   model inside the request), with a TorchServe worker's torch threads by default: more intra-op
+   threads than free cores collapse under OpenMP's spin-waiting (see --fastapi-torch-threads).
 Servers get closed-loop clients (threads, one keep-alive connection each) at each concurrency for
 `--duration` seconds after a warm-up; figures: requests/s, latency percentiles, errors.
 
@@ -198,8 +199,8 @@ def torchserve_load(
     mar: Path, images: list[bytes], levels: list[int], duration: float
 ) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
     """(what TorchServe reports of the model, load figures per concurrency)."""
-    serve.start()
     try:
+        serve.start()
         query = urllib.parse.urlencode(
             {"url": mar.name, "model_name": settings.MODEL_NAME, "synchronous": "true"}
         )
@@ -276,7 +277,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=shipped["batchSize"])
     parser.add_argument("--max-batch-delay", type=int, default=shipped["maxBatchDelay"], help="ms")
     parser.add_argument(
-        "--fastapi-torch-threads", type=int, help="default: workers x torch threads, as TorchServe"
+        "--fastapi-torch-threads", type=int, help="default: --torch-threads, as one worker"
     )
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
@@ -307,7 +308,7 @@ def main() -> None:
         limit = in_process_rate(handler, images, workers, args.batch_size, args.duration)
         mar = package.build_mar(export_dir, "1", settings.model_store())
         reported, served = torchserve_load(mar, images, args.concurrency, args.duration)
-        threads = args.fastapi_torch_threads or workers * args.torch_threads
+        threads = args.fastapi_torch_threads or args.torch_threads
         fastapi = fastapi_load(export_dir, images, threads, args.concurrency, args.duration)
 
     top = max(args.concurrency)

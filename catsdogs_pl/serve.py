@@ -46,6 +46,7 @@ def start(mar: Path | None = None, timeout: float = 120) -> str:
         "TS_METRICS_CONFIG": str(METRICS_CONFIG),  # absolute: the server's cwd is the state folder
         "LOG_LOCATION": str(home / "logs"),
         "METRICS_LOCATION": str(home / "logs"),
+        "OMP_WAIT_POLICY": "PASSIVE",  # spinning OpenMP threads starve other workers (bench/serve.py)
     }
     cmd = [_torchserve(), "--start", "--ncs", "--model-store", str(settings.model_store())]
     cmd += ["--ts-config", str(settings.TS_CONFIG)]
