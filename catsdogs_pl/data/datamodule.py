@@ -110,13 +110,14 @@ class CatsDogsDataModule(L.LightningDataModule):
         return self.preprocessing["classes"]
 
     def train_transform(self) -> v2.Compose:
-        """Augmentations on uint8 CHW tensors: cheap enough for CPU workers."""
+        """Light augmentations on uint8 CHW tensors: a short CPU schedule underfits, so the
+        model needs to fit more, not to be regularised harder."""
         size = self.hparams.image_size
         return v2.Compose(
             [
-                v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True),
+                v2.RandomResizedCrop(size, scale=(0.7, 1.0), ratio=(0.85, 1.18), antialias=True),
                 v2.RandomHorizontalFlip(),
-                v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
+                v2.ColorJitter(brightness=0.1, contrast=0.1),
             ]
         )
 
