@@ -17,7 +17,7 @@ def learning_curves(history: dict[str, list[tuple[int, float]]]) -> Figure:
     for key, points in sorted(history.items()):
         if not points:
             continue
-        ax = axes[0] if key.endswith("loss") else axes[1]
+        ax = axes[0] if "loss" in key else axes[1]
         steps, values = zip(*points, strict=True)
         ax.plot(steps, values, marker="." if len(points) < 50 else None, label=key)
     for ax, title in zip(axes, ("loss", "accuracy"), strict=True):
