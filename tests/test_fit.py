@@ -7,9 +7,11 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from lightning.pytorch import Callback
 from mlflow import MlflowClient
 
 from catsdogs_pl import export, tracking
@@ -90,13 +92,26 @@ def test_same_seed_same_metrics(fit_args: list[str], tmp_path: Path) -> None:
     assert second["version"] == str(int(first["version"]) + 1)
 
 
-def test_resume_continues_the_same_run(fit_args: list[str]) -> None:
-    first = main([*fit_args, "--trainer.max_epochs=1"])
-    resumed = main([*fit_args, "--trainer.max_epochs=2", "--ckpt_path=last"])
-    assert resumed["run_id"] == first["run_id"]
-    client = MlflowClient(resumed["tracking_uri"])
-    epochs = [m.step for m in client.get_metric_history(resumed["run_id"], "epoch")]
-    assert max(epochs) == 1  # epoch 0 from the first fit, epoch 1 from the resumed one
+class CrashAfterFirstEpoch(Callback):
+    """Stands for a killed job: dies as epoch 1 starts, after epoch 0 was checkpointed."""
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.current_epoch == 1:
+            raise RuntimeError("simulated crash")
+
+
+def test_resume_continues_the_same_run(fit_args: list[str], tmp_path: Path) -> None:
+    crash = f"--trainer.callbacks+={__name__}.CrashAfterFirstEpoch"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        main([*fit_args, crash])
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (crashed,) = client.search_runs([client.get_experiment_by_name("catsdogs-demo").experiment_id])
+    assert crashed.info.status == "FAILED"
+    resumed = main([*fit_args, "--ckpt_path=last"])
+    assert resumed["run_id"] == crashed.info.run_id
+    assert client.get_run(resumed["run_id"]).info.status == "FINISHED"
+    epochs = {m.value for m in client.get_metric_history(resumed["run_id"], "epoch")}
+    assert {0, 1} <= epochs  # epoch 0 before the crash, epoch 1 after the resume
     assert len(client.get_metric_history(resumed["run_id"], VAL_ACC)) == 2
 
 
@@ -139,11 +154,11 @@ def test_champion_alias_rule(tmp_path: Path) -> None:
 
     assert tracking.update_champion(client, "m", new_version(0.90, "d1"), TEST_ACC)[0]
     assert not tracking.update_champion(client, "m", new_version(0.80, "d1"), TEST_ACC)[0]
-    assert client.get_model_version_by_alias("m", "champion").version == "1"
+    assert str(client.get_model_version_by_alias("m", "champion").version) == "1"
     assert tracking.update_champion(client, "m", new_version(0.90, "d1"), TEST_ACC)[0]  # a tie
     moved, reason = tracking.update_champion(client, "m", new_version(0.99, "d2"), TEST_ACC)
     assert not moved and "not comparable" in reason
-    assert client.get_model_version_by_alias("m", "champion").version == "3"
+    assert str(client.get_model_version_by_alias("m", "champion").version) == "3"
 
 
 @pytest.mark.slow
