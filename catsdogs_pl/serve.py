@@ -69,9 +69,11 @@ def start(mar: Path | None = None, timeout: float = 120) -> str:
 
 
 def stop(timeout: float = 60) -> str:
-    if not is_up():
-        return "TorchServe is not running"
+    """Stop the server of the pid file, also one that never became ready."""
+    was_up = is_up()
     subprocess.run([_torchserve(), "--stop"], check=False, stdout=subprocess.DEVNULL)
+    if not was_up:
+        return "TorchServe is not running"
     deadline = time.monotonic() + timeout
     while is_up() and time.monotonic() < deadline:
         time.sleep(0.5)

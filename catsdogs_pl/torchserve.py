@@ -35,9 +35,10 @@ class Response:
 def read_key(kind: str, home: Path | None = None) -> str | None:
     """The 'management' or 'inference' key, or None when token auth is off or not started."""
     path = (home or settings.home()) / KEY_FILE
-    if not path.exists():
+    try:
+        return json.loads(path.read_text())[kind]["key"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):  # absent, or being written
         return None
-    return json.loads(path.read_text())[kind]["key"]
 
 
 def call(

@@ -41,10 +41,12 @@ def server(tmp_path_factory: pytest.TempPathFactory):
         client.log_artifacts(run.info.run_id, str(make_export(home / f"e{seed}", seed)), "servable")
         tags = {"dataset_version": "d", "test/acc": "0.5"}
         tracking.register(client, settings.MODEL_NAME, "servable", run.info.run_id, tags, "it")
-    serve.start()
-    yield home
-    serve.stop()
-    patch.undo()
+    try:
+        serve.start()
+        yield home
+    finally:
+        serve.stop()
+        patch.undo()
 
 
 def send(data: bytes, content_type: str = "application/octet-stream") -> ts.Response:
