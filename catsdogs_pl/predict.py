@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -16,24 +14,13 @@ from catsdogs_pl import torchserve as ts
 
 def predict(image: Path, url: str | None = None, version: str | None = None) -> tuple[int, Any]:
     """(HTTP status, answer) for one image file sent as raw bytes."""
-    base = url or settings.address("inference")
     path = f"/predictions/{settings.MODEL_NAME}" + (f"/{version}" if version else "")
     headers = {"Content-Type": "application/octet-stream"}
-    key = ts.read_key("inference")
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
-    request = urllib.request.Request(base + path, image.read_bytes(), headers, method="POST")
+    response = ts.call("inference", "POST", path, image.read_bytes(), headers, base=url)
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            status, body = response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        status, body = exc.code, exc.read()
-    except (urllib.error.URLError, OSError) as exc:
-        raise ts.TorchServeError(f"no server at {base} ({exc}): is it started?") from exc
-    try:
-        return status, json.loads(body)
+        return response.status, response.json()
     except json.JSONDecodeError:
-        return status, body.decode(errors="replace")
+        return response.status, response.body.decode(errors="replace")
 
 
 def describe(image: Path, status: int, answer: Any) -> str:

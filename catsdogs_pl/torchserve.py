@@ -49,13 +49,15 @@ def call(
     headers: dict[str, str] | None = None,
     timeout: float = 60,
     token: bool = True,
+    base: str | None = None,
 ) -> Response:
-    """One request to the 'inference', 'management' or 'metrics' API; never raises on HTTP codes."""
+    """One request to the 'inference', 'management' or 'metrics' API (at `base` if given, else
+    where config.properties says); never raises on HTTP codes."""
     headers = dict(headers or {})
     key = read_key("inference" if kind == "inference" else "management") if token else None
     if key and kind != "metrics":
         headers["Authorization"] = f"Bearer {key}"
-    url = settings.address(kind) + path
+    url = (base or settings.address(kind)) + path
     request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:

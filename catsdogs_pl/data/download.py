@@ -132,7 +132,3 @@ def download(
         raise DownloadError(f"{e}; deleted it, re-run to download again") from e
     part.replace(final)
     return final
-
-
-if __name__ == "__main__":
-    print(download())
