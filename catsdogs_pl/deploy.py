@@ -17,24 +17,14 @@ import json
 import subprocess
 import sys
 import urllib.parse
-from pathlib import Path
 
 from catsdogs_pl import settings
 from catsdogs_pl import torchserve as ts
 from catsdogs_pl.package import add_version_arguments, package
 
 
-def _history_path() -> Path:
-    return settings.home() / "deployments.json"
-
-
-def _history() -> list[str]:
-    path = _history_path()
-    return json.loads(path.read_text()) if path.exists() else []
-
-
 def _save_history(history: list[str]) -> None:
-    _history_path().write_text(json.dumps(history))
+    settings.deployments_file().write_text(json.dumps(history))
 
 
 def _set_default(version: str) -> None:
@@ -58,7 +48,7 @@ def deploy(
         ts.check(ts.call("management", "POST", f"/models?{query}", timeout=300), f"register {mar}")
     ts.wait_ready(version)
     _set_default(version)
-    history = _history()
+    history = settings.deployment_history()
     if previous and (not history or history[-1] != previous):
         history.append(previous)  # the server had a default this file did not know about
     if not history or history[-1] != version:
@@ -71,7 +61,7 @@ def deploy(
 
 
 def rollback() -> str:
-    history = _history()
+    history = settings.deployment_history()
     current = ts.default_version()
     if current and history and history[-1] != current:
         history.append(current)

@@ -77,14 +77,17 @@ def resolve_version(
     alias: str | None = None,
     run_id: str | None = None,
 ) -> tuple[str, str]:
-    """(registered version, run id) from exactly one of version, alias or run id."""
+    """(registered version, run id) from exactly one of version ("latest": the newest), alias or
+    run id."""
     try:
         if alias:
             mv = client.get_model_version_by_alias(name, alias)
-        elif run_id:
-            found = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+        elif run_id or version == "latest":
+            query = f"name='{name}'" + (f" and run_id='{run_id}'" if run_id else "")
+            found = client.search_model_versions(query)
             if not found:
-                raise LookupError(f"run {run_id} has no registered version of '{name}'")
+                where = f"run {run_id} has" if run_id else "the registry has"
+                raise LookupError(f"{where} no registered version of '{name}': run fit first")
             mv = max(found, key=lambda v: int(v.version))
         else:
             mv = client.get_model_version(name, str(version))
@@ -120,7 +123,7 @@ def package(
 def add_version_arguments(parser: argparse.ArgumentParser) -> None:
     """--model-version / --alias / --run-id, shared by package and deploy."""
     which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--model-version", help="registered version N of 'catsdogs'")
+    which.add_argument("--model-version", help="registered version N of 'catsdogs', or 'latest'")
     which.add_argument("--alias", help="a registry alias, e.g. champion")
     which.add_argument("--run-id", help="the MLflow run that registered the version")
     parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else the home store")

@@ -1,4 +1,7 @@
-"""`python -m catsdogs_pl.serve start|stop|status`: TorchServe, natively, with the shared config.
+"""`python -m catsdogs_pl.serve start|run|stop|status|ready`: TorchServe with the shared config.
+
+`start` runs it in the background (laptops, tests); `run` in the foreground (the container's command);
+`ready` is the health check (exit 0 when the default version has a READY worker).
 
 The Java process runs in the state folder (`$CATSDOGS_HOME`), so its token file `key_file.json` and
 its logs land there; `start` returns only when the server answers, and when a version was asked for,
@@ -8,11 +11,15 @@ only when that version has READY workers (TorchServe's /ping is healthy long bef
 from __future__ import annotations
 
 import argparse
+import http.server
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 from catsdogs_pl import settings
@@ -33,10 +40,8 @@ def is_up() -> bool:
         return False
 
 
-def start(mar: Path | None = None, timeout: float = 120) -> str:
-    """Start TorchServe (optionally with one archive as the default version) and wait for it."""
-    if is_up():
-        return "TorchServe is already running"
+def _prepare(mar: Path | None) -> tuple[list[str], dict[str, str], Path]:
+    """The one TorchServe command line, environment and working folder of `start` and `run`."""
     home = settings.home()
     (home / "logs").mkdir(parents=True, exist_ok=True)
     settings.model_store().mkdir(parents=True, exist_ok=True)
@@ -52,6 +57,15 @@ def start(mar: Path | None = None, timeout: float = 120) -> str:
     cmd += ["--ts-config", str(settings.TS_CONFIG)]
     if mar is not None:
         cmd += ["--models", f"{settings.MODEL_NAME}={mar.name}"]
+    return cmd, env, home
+
+
+def start(mar: Path | None = None, timeout: float = 120) -> str:
+    """Start TorchServe in the background (optionally with one archive as the default version)
+    and wait for it."""
+    if is_up():
+        return "TorchServe is already running"
+    cmd, env, home = _prepare(mar)
     # no pipes: the Java server inherits them and would keep run() waiting forever
     subprocess.run(
         cmd, cwd=home, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
@@ -66,6 +80,94 @@ def start(mar: Path | None = None, timeout: float = 120) -> str:
     if mar is not None:
         ts.wait_ready(timeout=max(1.0, deadline - time.monotonic()))
     return f"TorchServe is up: inference {settings.address('inference')}, state in {home}"
+
+
+def last_deployed() -> Path | None:
+    """The archive of the newest default set by `deploy` that is still in the model store."""
+    for version in reversed(settings.deployment_history()):
+        mar = settings.model_store() / settings.mar_name(version)
+        if mar.exists():
+            return mar
+    return None
+
+
+def worker_metrics() -> str:
+    """Prometheus text with the READY workers of each registered version: TorchServe exports no
+    worker status, and "no READY worker" is the outage an alert must catch."""
+    lines = [
+        "# HELP catsdogs_ready_workers READY TorchServe workers per registered catsdogs version",
+        "# TYPE catsdogs_ready_workers gauge",
+    ]
+    try:
+        default = ts.default_version()
+        for entry in ts.describe("all"):
+            version = entry["modelVersion"]
+            labels = f'model_version="{version}",default="{str(version == default).lower()}"'
+            lines.append(f"catsdogs_ready_workers{{{labels}}} {ts.ready_workers(entry)}")
+        up = 1
+    except ts.TorchServeError:
+        up = 0
+    lines += [
+        "# HELP catsdogs_management_up 1 when TorchServe's management API answered this scrape",
+        "# TYPE catsdogs_management_up gauge",
+        f"catsdogs_management_up {up}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+class _WorkerMetricsHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        if self.path != "/metrics":
+            self.send_error(404, "only /metrics is served here")
+            return
+        body = worker_metrics().encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:  # one line per scrape is noise
+        pass
+
+
+def serve_worker_metrics() -> http.server.ThreadingHTTPServer:
+    """Publish worker_metrics() at worker_metrics_address (config.properties) in a thread."""
+    url = urllib.parse.urlsplit(settings.address("worker_metrics", bind=True))
+    server = http.server.ThreadingHTTPServer((url.hostname, url.port), _WorkerMetricsHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def run() -> int:
+    """TorchServe in the foreground (the container's command), serving the last deployed version
+    again after a restart, with worker metrics beside it; SIGTERM and SIGINT stop it cleanly.
+    Returns TorchServe's exit code."""
+    cmd, env, home = _prepare(last_deployed())
+    server = subprocess.Popen([*cmd, "--foreground"], cwd=home, env=env)
+    serve_worker_metrics()
+
+    def forward(signum: int, frame: object) -> None:
+        subprocess.run([_torchserve(), "--stop"], cwd=home, check=False)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    return server.wait()
+
+
+def ready() -> tuple[bool, str]:
+    """Readiness, for health checks: the default version of catsdogs has a READY worker."""
+    try:
+        found = ts.describe("")
+    except ts.TorchServeError as exc:
+        return False, str(exc)
+    if not found:
+        return False, f"no {settings.MODEL_NAME} version is registered: deploy one"
+    workers = ts.ready_workers(found[0])
+    return (
+        workers > 0,
+        f"{settings.MODEL_NAME} v{found[0]['modelVersion']}: {workers} READY workers",
+    )
 
 
 def stop(timeout: float = 60) -> str:
@@ -96,12 +198,18 @@ def status() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m catsdogs_pl.serve", description=__doc__)
-    parser.add_argument("command", choices=("start", "stop", "status"))
+    parser.add_argument("command", choices=("start", "run", "stop", "status", "ready"))
     parser.add_argument("--mar", type=Path, help="start with this archive from the model store")
     args = parser.parse_args(argv)
     try:
         if args.command == "start":
             print(start(args.mar))
+        elif args.command == "run":
+            return run()
+        elif args.command == "ready":
+            ok, message = ready()
+            print(message)
+            return 0 if ok else 1
         elif args.command == "stop":
             print(stop())
         else:

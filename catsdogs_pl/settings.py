@@ -8,6 +8,7 @@ and docker compose use.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -27,6 +28,16 @@ def model_store() -> Path:
     return home() / "model-store"
 
 
+def deployment_history() -> list[str]:
+    """The versions `deploy` made the default, oldest first (what rollback goes back to)."""
+    path = deployments_file()
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def deployments_file() -> Path:
+    return home() / "deployments.json"
+
+
 def mar_name(version: str | int) -> str:
     """The archive of registered version N: its TorchServe version is the MLflow version."""
     return f"{MODEL_NAME}_v{version}.mar"
@@ -43,9 +54,10 @@ def ts_properties(path: Path = TS_CONFIG) -> dict[str, str]:
     return props
 
 
-def address(kind: str) -> str:
-    """'inference', 'management' or 'metrics' base URL. TS_INFERENCE_ADDRESS and friends override
-    config.properties, for TorchServe (enable_envvars_config=true) and for us alike."""
+def address(kind: str, bind: bool = False) -> str:
+    """'inference', 'management', 'metrics' or 'worker_metrics' base URL. TS_INFERENCE_ADDRESS
+    and friends override config.properties, for TorchServe (enable_envvars_config=true) and for us
+    alike. A client reaches a server bound to 0.0.0.0 at 127.0.0.1 (unless `bind`)."""
     key = f"{kind}_address"
     url = os.environ.get(f"TS_{key.upper()}") or ts_properties()[key]
-    return url.replace("0.0.0.0", "127.0.0.1")
+    return url if bind else url.replace("0.0.0.0", "127.0.0.1")

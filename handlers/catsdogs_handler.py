@@ -107,6 +107,7 @@ class CatsDogsHandler:
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[dict[str, Any]]:
         from ts.metrics.dimension import Dimension  # TorchServe's runtime, present in a worker
+        from ts.metrics.metric_type_enum import MetricTypes
 
         start = time.perf_counter()
         results: list[dict[str, Any]] = [{} for _ in data]
@@ -141,4 +142,8 @@ class CatsDogsHandler:
         context.metrics.add_time(
             "CatsDogsInferenceTime", (done - decoded) * 1e3, idx=idx, dimensions=[]
         )
+        for i in range(len(data)):  # a histogram, for latency percentiles in Prometheus
+            context.metrics.add_metric(
+                "CatsDogsHandlerSeconds", done - start, "s", i, [], MetricTypes.HISTOGRAM
+            )
         return results

@@ -36,6 +36,11 @@ class FakeMetrics:
     def add_time(self, name: str, value: float, idx: Any = None, dimensions: Any = None) -> None:
         self.calls.append((name, value, [(d.name, d.value) for d in dimensions or []]))
 
+    def add_metric(
+        self, name: str, value: float, unit: str, idx: Any, dimensions: Any, metric_type: Any
+    ) -> None:
+        self.calls.append((name, value, [(d.name, d.value) for d in dimensions or []]))
+
 
 class FakeContext:
     """What TorchServe hands a handler: properties, manifest, model config, status and metrics."""

@@ -96,8 +96,13 @@ def test_one_bad_image_does_not_spoil_the_batch(handler_and_context) -> None:
     names = [(name, dims[0]) for name, _, dims in context.metrics.calls if dims]
     assert ("CatsDogsRejectedInputs", ("Reason", "not_an_image")) in names
     assert sum(n == "CatsDogsPredictions" for n, _ in names) == 2
-    timed = {name for name, _, dims in context.metrics.calls if not dims}
-    assert timed == {"CatsDogsPreprocessTime", "CatsDogsInferenceTime"}
+    timed = [name for name, _, dims in context.metrics.calls if not dims]
+    assert set(timed) == {
+        "CatsDogsPreprocessTime",
+        "CatsDogsInferenceTime",
+        "CatsDogsHandlerSeconds",
+    }
+    assert timed.count("CatsDogsHandlerSeconds") == 4  # one latency observation per request
 
 
 def test_batched_answers_equal_single_answers(handler_and_context) -> None:

@@ -1,0 +1,73 @@
+# syntax=docker/dockerfile:1
+# Three images from one file; docker-compose.yml builds each with `target:`.
+#   serve   TorchServe + the handler + configs/torchserve  -> service `torchserve`
+#   train   serve's code + Lightning, MLflow, the archiver -> service `trainer` (profile `train`)
+#   mlflow  MLflow tracking server and registry, PostgreSQL driver -> service `mlflow`
+# Every image runs as the unprivileged user `catsdogs` (uid 10001) and holds no secret: TorchServe
+# makes its tokens at start, passwords come from the environment.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS base
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN useradd --create-home --uid 10001 --user-group catsdogs
+
+# --- MLflow server: artifacts proxied (--artifacts-destination) so clients need no storage access
+FROM base AS mlflow
+ARG MLFLOW_VERSION=3.17.2
+RUN pip install "mlflow==${MLFLOW_VERSION}" "psycopg2-binary==2.9.10" \
+    && install -d -o catsdogs -g catsdogs /mlartifacts
+USER 10001:10001
+WORKDIR /home/catsdogs
+EXPOSE 5000
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=6 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:5000/health', timeout=4)"]
+CMD ["mlflow", "server", "--host", "0.0.0.0", "--port", "5000"]
+
+# --- what serve and train share: Java 17 for TorchServe, tini as PID 1, CPU torch wheels
+FROM base AS runtime
+# Debian's security updates move these versions; bookworm pins the major version (17).
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends openjdk-17-jre-headless tini \
+    && rm -rf /var/lib/apt/lists/*
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ARG TORCH_VERSION=2.5.1
+ARG TORCHVISION_VERSION=0.20.1
+RUN pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" \
+    && pip install "torchserve==0.12.0" "numpy==2.1.3" "pillow==11.0.0"
+# The code runs from /app (configs/ and handlers/ beside the package); state lives in the volume.
+ENV PYTHONPATH=/app \
+    CATSDOGS_HOME=/srv/catsdogs
+RUN install -d -o catsdogs -g catsdogs /srv/catsdogs /srv/catsdogs/model-store
+ENTRYPOINT ["/usr/bin/tini", "--"]
+
+# --- TorchServe: `serve run` keeps it in the foreground and turns SIGTERM into a clean stop
+FROM runtime AS serve
+WORKDIR /app
+COPY catsdogs_pl/ catsdogs_pl/
+COPY configs/ configs/
+COPY handlers/ handlers/
+VOLUME ["/srv/catsdogs"]
+USER 10001:10001
+WORKDIR /srv/catsdogs
+EXPOSE 8080 8081 8082
+# Ready means the default model version has a READY worker; /ping is 200 while models still load.
+HEALTHCHECK --interval=10s --timeout=8s --start-period=120s --retries=3 \
+    CMD ["python", "-m", "catsdogs_pl.serve", "ready"]
+CMD ["python", "-m", "catsdogs_pl.serve", "run"]
+
+# --- training: the project's own dependencies first (cached), then serve's code
+FROM runtime AS train
+WORKDIR /app
+COPY pyproject.toml ./
+# A stub package lets pip resolve the dependencies before the code exists (a cacheable layer).
+RUN mkdir catsdogs_pl && touch catsdogs_pl/__init__.py README.md \
+    && pip install --editable . \
+    && rm -r catsdogs_pl
+COPY --from=serve /app /app
+USER 10001:10001
+WORKDIR /home/catsdogs
+CMD ["python", "-m", "catsdogs_pl.fit", "--help"]
