@@ -16,9 +16,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# Python style, then the deployment files statically (no Docker engine needed): hadolint,
+# docker compose's own validation (every profile), actionlint on the workflows.
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/docker-compose --profile train config --quiet
+	$(VENV)/bin/actionlint
 
 test: lint
 	$(PY) -m pytest

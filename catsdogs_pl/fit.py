@@ -164,7 +164,7 @@ def publish(
         f"test images); servable export in runs:/{run_id}/servable"
     )
     version = tracking.register(
-        client, settings.registered_model, info.model_uri, run_id, tags, description
+        client, settings.registered_model, info.model_uri, run_id, tags, description, info.model_id
     )
     moved, reason = tracking.update_champion(client, settings.registered_model, version, TEST_ACC)
     return {

@@ -98,14 +98,16 @@ def register(
     run_id: str,
     tags: dict[str, str],
     description: str,
+    model_id: str | None = None,
 ) -> ModelVersion:
-    """A new version of registered model `name`, tagged with what makes it comparable."""
+    """A new version of registered model `name`, tagged with what makes it comparable.
+    `model_id`: the MLflow 3 logged model behind a `models:/m-...` URI (a server insists)."""
     try:
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description="Cat vs dog classifier (catsdogs_pl)")
     return client.create_model_version(
-        name, model_uri, run_id=run_id, tags=tags, description=description
+        name, model_uri, run_id=run_id, tags=tags, description=description, model_id=model_id
     )
 
 

