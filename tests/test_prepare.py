@@ -108,6 +108,34 @@ def test_second_run_reuses_everything(class_folders: Path, tmp_path: Path) -> No
     assert images.stat().st_mtime_ns == mtime
 
 
+@pytest.mark.parametrize("damage", ["flip_a_byte", "truncate", "delete"])
+def test_damaged_cache_file_is_detected_and_rebuilt(
+    class_folders: Path, tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    prepare(class_folders, out, S, progress=False)
+    images, _ = cache.split_files(out, 32, "train")
+    good = images.read_bytes()
+    if (
+        damage == "flip_a_byte"
+    ):  # same size, same header, one pixel changed: only a checksum sees it
+        images.write_bytes(good[:-5] + bytes([good[-5] ^ 0xFF]) + good[-4:])
+    elif damage == "truncate":
+        images.write_bytes(good[: len(good) // 2])
+    else:
+        images.unlink()
+    assert "does not match the checksum" in cache.check(out, prepare_version(out), 32)
+    again = prepare(class_folders, out, S, progress=False)
+    assert again["reused"] == {"cleaning": True, "cache": False}
+    assert images.read_bytes() == good  # rebuilt from the source, identical
+    assert "rebuilding the cache" in caplog.text and str(images) in caplog.text
+    assert cache.check(out, again["dataset_version"], 32) is None
+
+
+def prepare_version(out: Path) -> str:
+    return json.loads((out / "summary.json").read_text())["dataset_version"]
+
+
 def test_new_size_reuses_cleaning_and_rebuilds_cache(class_folders: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     prepare(class_folders, out, S, progress=False)

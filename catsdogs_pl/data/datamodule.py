@@ -125,11 +125,10 @@ class CatsDogsDataModule(L.LightningDataModule):
         if self.datasets:
             return
         summary = self.summary
-        if not cache.is_current(self.out, summary["dataset_version"], self.hparams.image_size):
-            raise RuntimeError(
-                f"the cache in {self.out} was not built for image_size={self.hparams.image_size}: "
-                "call prepare_data() first"
-            )
+        # prepare_data() verified the checksums just now; here the key is enough
+        size = self.hparams.image_size
+        if problem := cache.check(self.out, summary["dataset_version"], size, verify=False):
+            raise RuntimeError(f"{problem} (image_size={size}): call prepare_data() first")
         for split in SPLITS:
             augment = split == "train" and self.hparams.augment
             transform = self.train_transform() if augment else None

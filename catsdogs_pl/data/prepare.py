@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,7 @@ from catsdogs_pl.data import cache, sources
 from catsdogs_pl.data.cleaning import Record, inspect, reject_conflicts_and_duplicates
 from catsdogs_pl.data.split import SPLITS, assign_split, dataset_version
 
+log = logging.getLogger(__name__)
 MANIFEST_COLUMNS = [f.name for f in dataclasses.fields(Record)]
 
 
@@ -175,9 +177,13 @@ def prepare(
             f"{source}: after cleaning only {summary['classes']} has usable images; "
             "a classifier needs at least two classes"
         )
-    current = not staged and cache.is_current(out, summary["dataset_version"], settings.image_size)
+    problem = cache.check(out, summary["dataset_version"], settings.image_size)
+    current = not staged and problem is None
     summary["reused"] = {"cleaning": not staged, "cache": current}
-    if not summary["reused"]["cache"]:
+    if problem and "checksum" in problem:  # damaged since it was written: never train on it
+        log.warning("%s: rebuilding the cache", problem)
+        summary["cache_rebuilt_because"] = problem
+    if not current:
         if not staged:  # manifest reused, but the cache is for another size or split: decode kept
             kept = [i for i, r in enumerate(records) if r.status == "kept"]
             _inspect_all(root, records, kept, settings, staging, workers, progress)
@@ -208,6 +214,8 @@ def report(summary: dict[str, Any], out: Path) -> str:
     for split, counts in summary["splits"].items():
         lines.append(f"{split:>5}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
     reused = [name for name, flag in summary.get("reused", {}).items() if flag]
+    if "cache_rebuilt_because" in summary:
+        lines.append(f"cache rebuilt: {summary['cache_rebuilt_because']}")
     lines += [
         f"dataset_version: {summary['dataset_version']}",
         f"reused from the last run: {', '.join(reused) or 'nothing'}",
