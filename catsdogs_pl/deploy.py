@@ -45,7 +45,9 @@ def deploy(
         query = urllib.parse.urlencode(
             {"url": mar.name, "model_name": settings.MODEL_NAME, "synchronous": "true"}
         )
-        ts.check(ts.call("management", "POST", f"/models?{query}", timeout=300), f"register {mar}")
+        response = ts.call("management", "POST", f"/models?{query}", timeout=300)
+        logs = settings.home() / "logs" / "model_log.log"  # a broken archive's traceback is there
+        ts.check(response, f"register {mar} (the workers' errors: {logs})")
     ts.wait_ready(version)
     _set_default(version)
     history = settings.deployment_history()

@@ -1,0 +1,63 @@
+"""A real TorchServe for the reliability suite, and a report of what it measured.
+
+The server runs with the shared config and two archived versions of a small network (v1 the
+default); every figure a test records is printed at the end of the run (`make test` shows it).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from catsdogs_pl import package, serve, settings
+from catsdogs_pl import torchserve as ts
+from tests.serving import make_export
+
+REPORT: dict[str, object] = {}
+
+
+@pytest.fixture(scope="package")
+def served(tmp_path_factory: pytest.TempPathFactory):
+    """TorchServe in a fresh state folder serving v1; v2 is archived, not registered."""
+    if shutil.which("java") is None:
+        pytest.skip("TorchServe needs Java 17")
+    home = tmp_path_factory.mktemp("reliability")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("CATSDOGS_HOME", str(home))
+    for kind in ("inference", "management", "metrics", "worker_metrics"):
+        patch.delenv(f"TS_{kind.upper()}_ADDRESS", raising=False)
+    if serve.is_up():
+        pytest.fail(f"something already serves on {settings.address('inference')}: stop it first")
+    for version in ("1", "2"):
+        package.package(version, export_dir=make_export(home / f"export{version}", int(version)))
+    try:
+        serve.start(settings.model_store() / settings.mar_name("1"))
+        yield home
+    finally:
+        serve.stop()
+        patch.undo()
+
+
+@pytest.fixture
+def report():
+    """Record a figure under a name: report("load", {...})."""
+    return REPORT.__setitem__
+
+
+def worker_pids() -> dict[str, int]:
+    """Worker id -> process id, over every registered version."""
+    return {w["id"]: w["pid"] for e in ts.describe("all") for w in e["workers"]}
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if REPORT:
+        terminalreporter.section("reliability figures")
+        for name, figures in REPORT.items():
+            terminalreporter.write_line(f"{name}: {json.dumps(figures)}")
+
+
+def mar_path(version: str) -> Path:
+    return settings.model_store() / settings.mar_name(version)
