@@ -1,0 +1,86 @@
+"""Secure defaults, each shown against the real thing: tokens on both APIs, no remote archives
+(ShellTorch), no pickle from anything a user hands us. The size and pixel limits are in
+test_bad_input.py, archive extraction in tests/test_sources.py, the compose and image rules
+(management on 127.0.0.1, non-root users) in tests/test_deployment.py."""
+
+from __future__ import annotations
+
+import pathlib
+import pickle
+import urllib.parse
+from pathlib import Path
+
+import pytest
+import torch
+
+from catsdogs_pl import export, package
+from catsdogs_pl import torchserve as ts
+from tests.serving import FakeContext, load_handler, make_export
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("kind", "method", "path"),
+    [
+        ("inference", "POST", "/predictions/catsdogs"),
+        ("inference", "GET", "/ping"),
+        ("management", "GET", "/models"),
+        ("management", "DELETE", "/models/catsdogs/1"),
+    ],
+)
+def test_token_required_on_inference_and_management(served, kind, method, path) -> None:
+    for headers in ({}, {"Authorization": "Bearer not-the-key"}):
+        response = ts.call(
+            kind, method, path, b"x" if method == "POST" else None, headers, token=False
+        )
+        assert response.status == 400 and b"Token Authorization failed" in response.body, (
+            response.body
+        )
+    assert ts.describe("1"), "the refused DELETE must not have unregistered anything"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/evil.mar",
+        "https://example.com/m.mar",
+        "file:///etc/passwd",
+        "../catsdogs_v1.mar",
+        "/etc/passwd",
+    ],
+)
+def test_only_archives_of_the_local_model_store_can_be_registered(served, url: str, report) -> None:
+    before = {e["modelVersion"] for e in ts.describe("all")}
+    response = ts.call("management", "POST", f"/models?{urllib.parse.urlencode({'url': url})}")
+    report(f"register url={url}", f"{response.status} {response.json().get('message')}")
+    assert response.status >= 400 and b"message" in response.body, response.body
+    assert {e["modelVersion"] for e in ts.describe("all")} == before
+
+
+class _Payload:
+    """What a poisoned weights.pt carries: unpickling it runs code (here: creates a file)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return pathlib.Path.touch, (self.marker,)
+
+
+def test_weights_are_never_unpickled(tmp_path: Path) -> None:
+    """A weights.pt that runs code when unpickled is refused by export.load, by package (before
+    it reaches a server) and by the handler inside TorchServe: weights_only loading."""
+    folder = make_export(tmp_path / "export")
+    marker = tmp_path / "code-ran"
+    torch.save({"weight": _Payload(marker)}, folder / export.WEIGHTS)
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        export.load(folder)
+    with pytest.raises(pickle.UnpicklingError):
+        package.package("5", export_dir=folder)
+    staged = package.stage(folder, tmp_path / "model")
+    with pytest.raises(pickle.UnpicklingError):
+        load_handler(staged, FakeContext(staged))
+    assert not marker.exists()
+    pickle.loads(pickle.dumps(_Payload(marker)))  # the payload is real: plain pickle runs it
+    assert marker.exists()
