@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 import yaml
 
-from catsdogs_pl import export, package, preprocessing, settings
+from catsdogs_pl import export, package, preprocessing, serve, settings
+from catsdogs_pl import torchserve as ts
 from catsdogs_pl.models.cnn import BaselineCNN
 
 SIZE = 32
@@ -70,3 +74,26 @@ def load_handler(model_dir: Path, context: FakeContext) -> Any:
     handler = module.CatsDogsHandler()
     handler.initialize(context)
     return handler
+
+
+@contextlib.contextmanager
+def state_folder(home: Path) -> Iterator[None]:
+    """Every command's state in `home`, the embedded MLflow store, the addresses of
+    config.properties, and nothing already serving there (a test must not talk to it)."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("CATSDOGS_HOME", str(home))
+    patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for kind in ("inference", "management", "metrics", "worker_metrics"):
+        patch.delenv(f"TS_{kind.upper()}_ADDRESS", raising=False)
+    try:
+        if serve.is_up():
+            pytest.fail(f"something already serves on {settings.address('inference')}: stop it")
+        yield
+    finally:
+        patch.undo()
+
+
+def worker_pids() -> dict[str, int]:
+    """Worker id -> process id, over every registered version: equal before and after means no
+    worker was restarted."""
+    return {w["id"]: w["pid"] for e in ts.describe("all") for w in e["workers"]}

@@ -14,7 +14,7 @@ from catsdogs_pl import deploy, serve, settings, tracking
 from catsdogs_pl import torchserve as ts
 from catsdogs_pl.predict import predict
 from tests.conftest import image_bytes, shared_file
-from tests.serving import make_export
+from tests.serving import make_export, state_folder, worker_pids
 from tests.test_preprocessing import png_claiming
 
 pytestmark = [
@@ -27,34 +27,26 @@ pytestmark = [
 def server(tmp_path_factory: pytest.TempPathFactory):
     """TorchServe in a fresh state folder, and a registry with two versions of catsdogs."""
     home = tmp_path_factory.mktemp("home")
-    patch = pytest.MonkeyPatch()
-    patch.setenv("CATSDOGS_HOME", str(home))
-    patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    if serve.is_up():
-        pytest.fail(f"something already serves on {settings.address('inference')}: stop it first")
-    uri = tracking.resolve_tracking_uri()
-    client = MlflowClient(uri)
-    experiment = client.create_experiment("it", artifact_location=str(home / "artifacts"))
-    for seed in (1, 2):
-        run = client.create_run(experiment)
-        client.log_artifacts(run.info.run_id, str(make_export(home / f"e{seed}", seed)), "servable")
-        tags = {"dataset_version": "d", "test/acc": "0.5"}
-        tracking.register(client, settings.MODEL_NAME, "servable", run.info.run_id, tags, "it")
-    try:
-        serve.start()
-        yield home
-    finally:
-        serve.stop()
-        patch.undo()
+    with state_folder(home):
+        uri = tracking.resolve_tracking_uri()
+        client = MlflowClient(uri)
+        experiment = client.create_experiment("it", artifact_location=str(home / "artifacts"))
+        for seed in (1, 2):
+            run = client.create_run(experiment)
+            export_dir = make_export(home / f"e{seed}", seed)
+            client.log_artifacts(run.info.run_id, str(export_dir), "servable")
+            tags = {"dataset_version": "d", "test/acc": "0.5"}
+            tracking.register(client, settings.MODEL_NAME, "servable", run.info.run_id, tags, "it")
+        try:
+            serve.start()
+            yield home
+        finally:
+            serve.stop()
 
 
 def send(data: bytes, content_type: str = "application/octet-stream") -> ts.Response:
     headers = {"Content-Type": content_type}
     return ts.call("inference", "POST", "/predictions/catsdogs", data=data, headers=headers)
-
-
-def worker_pids() -> set[int]:
-    return {w["pid"] for e in ts.describe("all") for w in e["workers"]}
 
 
 def test_versions_predict_default_and_rollback(server: Path, tmp_path: Path) -> None:

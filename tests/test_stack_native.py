@@ -19,6 +19,7 @@ from mlflow import MlflowClient
 from catsdogs_pl import serve, settings
 from catsdogs_pl import torchserve as ts
 from tests.deployment import compose_config, native
+from tests.serving import state_folder
 
 pytestmark = [
     pytest.mark.integration,
@@ -54,10 +55,16 @@ def _stop(process: subprocess.Popen) -> int:
         return -9
 
 
-def test_compose_services_natively(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def home(tmp_path: Path):
+    with state_folder(tmp_path / "state"):
+        yield tmp_path / "state"
+
+
+def test_compose_services_natively(tmp_path: Path, home: Path) -> None:
     # exactly what CI gives the trainer: the demo config and its synthetic pictures
     services = compose_config(FIT_CONFIG="demo.yaml", DATA_SOURCE="data/synthetic")["services"]
-    home, work = tmp_path / "state", tmp_path / "trainer"
+    work = tmp_path / "trainer"
     work.mkdir()
     port = _free_port()
     mapping = {  # container paths and service names -> this machine; nothing else changes
@@ -68,11 +75,6 @@ def test_compose_services_natively(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         "--port=5000": f"--port={port}",
         "torchserve:": "127.0.0.1:",
     }
-    monkeypatch.setenv("CATSDOGS_HOME", str(home))
-    for kind in ("inference", "management", "metrics", "worker_metrics"):
-        monkeypatch.delenv(f"TS_{kind.upper()}_ADDRESS", raising=False)
-    if serve.is_up():
-        pytest.fail(f"something already serves on {settings.address('inference')}: stop it first")
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
 
     cmd, env = native(services["mlflow"], mapping, MLFLOW_BACKEND_STORE_URI=tracking_uri)

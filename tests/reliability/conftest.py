@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from catsdogs_pl import package, serve, settings
-from catsdogs_pl import torchserve as ts
-from tests.serving import make_export
+from tests.serving import make_export, state_folder
 
 REPORT: dict[str, object] = {}
 
@@ -25,31 +24,22 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     if shutil.which("java") is None:
         pytest.skip("TorchServe needs Java 17")
     home = tmp_path_factory.mktemp("reliability")
-    patch = pytest.MonkeyPatch()
-    patch.setenv("CATSDOGS_HOME", str(home))
-    for kind in ("inference", "management", "metrics", "worker_metrics"):
-        patch.delenv(f"TS_{kind.upper()}_ADDRESS", raising=False)
-    if serve.is_up():
-        pytest.fail(f"something already serves on {settings.address('inference')}: stop it first")
-    for version in ("1", "2"):
-        package.package(version, export_dir=make_export(home / f"export{version}", int(version)))
-    try:
-        serve.start(settings.model_store() / settings.mar_name("1"))
-        yield home
-    finally:
-        serve.stop()
-        patch.undo()
+    with state_folder(home):
+        for version in ("1", "2"):
+            package.package(
+                version, export_dir=make_export(home / f"export{version}", int(version))
+            )
+        try:
+            serve.start(settings.model_store() / settings.mar_name("1"))
+            yield home
+        finally:
+            serve.stop()
 
 
 @pytest.fixture
 def report():
     """Record a figure under a name: report("load", {...})."""
     return REPORT.__setitem__
-
-
-def worker_pids() -> dict[str, int]:
-    """Worker id -> process id, over every registered version."""
-    return {w["id"]: w["pid"] for e in ts.describe("all") for w in e["workers"]}
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

@@ -18,7 +18,7 @@ from PIL import Image
 from catsdogs_pl import settings
 from catsdogs_pl import torchserve as ts
 from tests.conftest import image_bytes
-from tests.reliability.conftest import worker_pids
+from tests.serving import worker_pids
 from tests.test_preprocessing import png_claiming
 
 pytestmark = pytest.mark.integration

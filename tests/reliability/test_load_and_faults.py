@@ -14,8 +14,9 @@ import pytest
 
 from catsdogs_pl import settings
 from catsdogs_pl import torchserve as ts
-from tests.reliability.conftest import mar_path, worker_pids
+from tests.reliability.conftest import mar_path
 from tests.reliability.load import photos, run_load
+from tests.serving import worker_pids
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
