@@ -132,6 +132,18 @@ def test_damaged_cache_file_is_detected_and_rebuilt(
     assert cache.check(out, again["dataset_version"], 32) is None
 
 
+def test_cache_without_checksums_is_rebuilt_once(class_folders: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    first = prepare(class_folders, out, S, progress=False)
+    key_path = cache.cache_dir(out, 32) / "key.json"
+    key = json.loads(key_path.read_text())
+    del key["sha256"]  # as an older catsdogs wrote it: nothing to verify against
+    key_path.write_text(json.dumps(key))
+    assert "no checksums" in cache.check(out, first["dataset_version"], 32)
+    assert prepare(class_folders, out, S, progress=False)["reused"]["cache"] is False
+    assert prepare(class_folders, out, S, progress=False)["reused"]["cache"] is True
+
+
 def prepare_version(out: Path) -> str:
     return json.loads((out / "summary.json").read_text())["dataset_version"]
 

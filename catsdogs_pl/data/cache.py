@@ -48,6 +48,8 @@ def check(out: Path, dataset_version: str, image_size: int, verify: bool = True)
         return f"no complete cache in {folder}"
     if (key.get("dataset_version"), key.get("image_size")) != (dataset_version, image_size):
         return f"the cache in {folder} is for another data version or image size"
+    if verify and "sha256" not in key:
+        return f"the cache in {folder} has no checksums (built before they were recorded)"
     for name, expected in key.get("sha256", {}).items() if verify else ():
         path = folder / name
         if not path.exists() or _sha256(path) != expected:
