@@ -6,6 +6,8 @@
 # Every image runs as the unprivileged user `catsdogs` (uid 10001) and holds no secret: TorchServe
 # makes its tokens at start, passwords come from the environment.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# One MLflow version for the tracking server and the trainer's client.
+ARG MLFLOW_VERSION=3.17.2
 
 FROM ${PYTHON_IMAGE} AS base
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -16,31 +18,39 @@ RUN useradd --create-home --uid 10001 --user-group catsdogs
 
 # --- MLflow server: artifacts proxied (--artifacts-destination) so clients need no storage access
 FROM base AS mlflow
-ARG MLFLOW_VERSION=3.17.2
-RUN pip install "mlflow==${MLFLOW_VERSION}" "psycopg2-binary==2.9.10" \
+ARG MLFLOW_VERSION
+# psycopg 3: the driver catsdogs_pl.mlflow_server names in the backend URI
+RUN pip install "mlflow==${MLFLOW_VERSION}" "psycopg[binary]==3.2.13" \
     && install -d -o catsdogs -g catsdogs /mlartifacts
+COPY catsdogs_pl/__init__.py catsdogs_pl/mlflow_server.py /app/catsdogs_pl/
+ENV PYTHONPATH=/app
 USER 10001:10001
 WORKDIR /home/catsdogs
 EXPOSE 5000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=6 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:5000/health', timeout=4)"]
-CMD ["mlflow", "server", "--host", "0.0.0.0", "--port", "5000"]
+CMD ["python", "-m", "catsdogs_pl.mlflow_server", "--host", "0.0.0.0", "--port", "5000"]
 
 # --- what serve and train share: Java 17 for TorchServe, tini as PID 1, CPU torch wheels
 FROM base AS runtime
 # Debian's security updates move these versions; bookworm pins the major version (17).
+# The JRE's postinst links a man page: slim images have no /usr/share/man/man1.
 # hadolint ignore=DL3008
-RUN apt-get update \
+RUN mkdir -p /usr/share/man/man1 \
+    && apt-get update \
     && apt-get install -y --no-install-recommends openjdk-17-jre-headless tini \
     && rm -rf /var/lib/apt/lists/*
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ARG TORCH_VERSION=2.5.1
 ARG TORCHVISION_VERSION=0.20.1
+# TorchServe's worker imports PyYAML, which the torchserve wheel does not declare.
 RUN pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" \
-    && pip install "torchserve==0.12.0" "numpy==2.1.3" "pillow==11.0.0"
+    && pip install "torchserve==0.12.0" "pyyaml==6.0.2" "numpy==2.1.3" "pillow==11.0.0"
 # The code runs from /app (configs/ and handlers/ beside the package); state lives in the volume.
+# TorchServe binds every interface: 127.0.0.1 in a container reaches nothing outside it.
 ENV PYTHONPATH=/app \
-    CATSDOGS_HOME=/srv/catsdogs
+    CATSDOGS_HOME=/srv/catsdogs \
+    CATSDOGS_BIND_HOST=0.0.0.0
 RUN install -d -o catsdogs -g catsdogs /srv/catsdogs /srv/catsdogs/model-store
 ENTRYPOINT ["/usr/bin/tini", "--"]
 
@@ -61,11 +71,12 @@ CMD ["python", "-m", "catsdogs_pl.serve", "run"]
 
 # --- training: the project's own dependencies first (cached), then serve's code
 FROM runtime AS train
+ARG MLFLOW_VERSION
 WORKDIR /app
 COPY pyproject.toml ./
 # A stub package lets pip resolve the dependencies before the code exists (a cacheable layer).
 RUN mkdir catsdogs_pl && touch catsdogs_pl/__init__.py README.md \
-    && pip install --editable . \
+    && pip install --editable . "mlflow==${MLFLOW_VERSION}" \
     && rm -r catsdogs_pl
 COPY --from=serve /app /app
 USER 10001:10001

@@ -5,8 +5,11 @@ PY := $(VENV)/bin/python
 # Users get the torch build PyPI picks for their machine; .ci/run pins the build this CI host has.
 TORCH_SPEC ?= torch>=2.4 torchvision>=0.19
 SOURCE ?= ../shared/data/petimages-180.zip
+# Image names as docker-compose.yml spells them: $(CATSDOGS_IMAGE)-serve:$(CATSDOGS_TAG) ...
+CATSDOGS_IMAGE ?= catsdogs
+CATSDOGS_TAG ?= latest
 
-.PHONY: venv test lint demo prepare bench clean
+.PHONY: venv test lint demo prepare bench images clean
 
 venv: $(VENV)/.installed
 
@@ -23,6 +26,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/hadolint Dockerfile
 	$(VENV)/bin/docker-compose --profile train config --quiet
+	$(VENV)/bin/docker-compose -f docker-compose.yml -f tests/stack/compose.host.yml --profile train config --quiet
 	$(VENV)/bin/actionlint
 
 test: lint
@@ -39,6 +43,15 @@ prepare: venv
 bench: venv
 	$(PY) bench/data_prep.py
 	$(PY) bench/train_throughput.py
+
+# The serve, train and mlflow images. The defaults build production images (the upstream Python
+# base image, PyTorch's CPU wheels); DOCKER_BUILD_ARGS passes other --build-arg values through
+# (docker-here.sh sets a local base image and wheel index on machines without registry access).
+images:
+	for target in serve train mlflow; do \
+		docker build $(DOCKER_BUILD_ARGS) --target $$target \
+			--tag $(CATSDOGS_IMAGE)-$$target:$(CATSDOGS_TAG) . || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .ruff_cache *.egg-info

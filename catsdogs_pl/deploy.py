@@ -17,6 +17,7 @@ import json
 import subprocess
 import sys
 import urllib.parse
+from pathlib import Path
 
 from catsdogs_pl import settings
 from catsdogs_pl import torchserve as ts
@@ -32,6 +33,25 @@ def _set_default(version: str) -> None:
     ts.check(ts.call("management", "PUT", path), f"set-default v{version}")
 
 
+def _register(version: str, mar: Path) -> bool:
+    """Register `mar` as `version` unless TorchServe already has it, and wait until it is READY.
+    True when it was registered now."""
+    registered = version in {e["modelVersion"] for e in ts.describe("all")}
+    if not registered:
+        if not mar.exists():
+            raise ts.TorchServeError(
+                f"v{version} is not registered and {mar} is missing: deploy it"
+            )
+        query = urllib.parse.urlencode(
+            {"url": mar.name, "model_name": settings.MODEL_NAME, "synchronous": "true"}
+        )
+        response = ts.call("management", "POST", f"/models?{query}", timeout=300)
+        logs = settings.home() / "logs" / "model_log.log"  # a broken archive's traceback is there
+        ts.check(response, f"register {mar} (the workers' errors: {logs})")
+    ts.wait_ready(version)
+    return not registered
+
+
 def deploy(
     version: str | None = None,
     alias: str | None = None,
@@ -40,15 +60,7 @@ def deploy(
 ) -> str:
     version, mar = package(version, alias, run_id, tracking_uri=tracking_uri)
     previous = ts.default_version()
-    registered = {e["modelVersion"] for e in ts.describe("all")}
-    if version not in registered:
-        query = urllib.parse.urlencode(
-            {"url": mar.name, "model_name": settings.MODEL_NAME, "synchronous": "true"}
-        )
-        response = ts.call("management", "POST", f"/models?{query}", timeout=300)
-        logs = settings.home() / "logs" / "model_log.log"  # a broken archive's traceback is there
-        ts.check(response, f"register {mar} (the workers' errors: {logs})")
-    ts.wait_ready(version)
+    registered = _register(version, mar)
     _set_default(version)
     history = settings.deployment_history()
     if previous and (not history or history[-1] != previous):
@@ -56,7 +68,7 @@ def deploy(
     if not history or history[-1] != version:
         history.append(version)
     _save_history(history)
-    action = "registered and " if version not in registered else ""
+    action = "registered and " if registered else ""
     return (
         f"catsdogs v{version}: {action}default now (was {f'v{previous}' if previous else 'none'})"
     )
@@ -71,7 +83,8 @@ def rollback() -> str:
         raise ts.TorchServeError("nothing to roll back to: only one version was ever the default")
     history.pop()
     target = history[-1]
-    ts.wait_ready(target)
+    # a restarted server registers only the last default: the target comes back from the store
+    _register(target, settings.model_store() / settings.mar_name(target))
     _set_default(target)
     _save_history(history)
     return f"catsdogs: default rolled back from v{current} to v{target}"

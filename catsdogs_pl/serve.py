@@ -52,6 +52,11 @@ def _prepare(mar: Path | None) -> tuple[list[str], dict[str, str], Path]:
         "LOG_LOCATION": str(home / "logs"),
         "METRICS_LOCATION": str(home / "logs"),
         "OMP_WAIT_POLICY": "PASSIVE",  # spinning OpenMP threads starve other workers (bench/serve.py)
+        # TorchServe binds where every client of ours looks (CATSDOGS_BIND_HOST included)
+        **{
+            f"TS_{k.upper()}_ADDRESS": settings.address(k, bind=True)
+            for k in settings.ADDRESS_KINDS
+        },
     }
     cmd = [_torchserve(), "--start", "--ncs", "--model-store", str(settings.model_store())]
     cmd += ["--ts-config", str(settings.TS_CONFIG)]

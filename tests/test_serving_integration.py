@@ -69,6 +69,17 @@ def test_versions_predict_default_and_rollback(server: Path, tmp_path: Path) -> 
     assert "* v1" in listing and "  v2" in listing
 
 
+def test_rollback_after_a_restart(server: Path, tmp_path: Path) -> None:
+    deploy.deploy(version="2")
+    serve.stop()  # what a container restart does: `serve run` registers only the last default
+    serve.start(serve.last_deployed())
+    assert [e["modelVersion"] for e in ts.describe("all")] == ["2"]
+    assert "rolled back from v2 to v1" in deploy.rollback()
+    image = tmp_path / "x.jpg"
+    image.write_bytes(image_bytes(8, (90, 70)))
+    assert ts.default_version() == "1" and predict(image)[1]["model_version"] == "1"
+
+
 def test_bad_inputs_get_400_and_the_workers_survive(server: Path) -> None:
     if not ts.describe(""):
         deploy.deploy(version="1")

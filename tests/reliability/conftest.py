@@ -1,12 +1,12 @@
 """A real TorchServe for the reliability suite, and a report of what it measured.
 
 The server runs with the shared config and two archived versions of a small network (v1 the
-default); every figure a test records is printed at the end of the run (`make test` shows it).
+default); every figure a test records with `report` is printed at the end of the run
+(tests/conftest.py).
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -14,8 +14,6 @@ import pytest
 
 from catsdogs_pl import package, serve, settings
 from tests.serving import make_export, state_folder
-
-REPORT: dict[str, object] = {}
 
 
 @pytest.fixture(scope="package")
@@ -34,19 +32,6 @@ def served(tmp_path_factory: pytest.TempPathFactory):
             yield home
         finally:
             serve.stop()
-
-
-@pytest.fixture
-def report():
-    """Record a figure under a name: report("load", {...})."""
-    return REPORT.__setitem__
-
-
-def pytest_terminal_summary(terminalreporter) -> None:
-    if REPORT:
-        terminalreporter.section("reliability figures")
-        for name, figures in REPORT.items():
-            terminalreporter.write_line(f"{name}: {json.dumps(figures)}")
 
 
 def mar_path(version: str) -> Path:
