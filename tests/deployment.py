@@ -54,3 +54,16 @@ def native(
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     base = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TS_"))}
     return command, {**base, "PATH": path, **env, **extra}
+
+
+def run_smoke(version: str) -> list[str]:
+    """`python -m catsdogs_pl.smoke` as CI and users run it, from this environment; its lines."""
+    smoke = subprocess.run(
+        [sys.executable, "-m", "catsdogs_pl.smoke", "--model-version", version],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert smoke.returncode == 0, smoke.stdout + smoke.stderr
+    assert "smoke test passed" in smoke.stdout and "prediction on sample-cat.jpg" in smoke.stdout
+    return smoke.stdout.strip().splitlines()

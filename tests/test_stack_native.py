@@ -8,7 +8,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -18,7 +17,7 @@ from mlflow import MlflowClient
 
 from catsdogs_pl import serve, settings
 from catsdogs_pl import torchserve as ts
-from tests.deployment import compose_config, native
+from tests.deployment import compose_config, native, run_smoke
 from tests.serving import state_folder
 
 pytestmark = [
@@ -78,7 +77,7 @@ def test_compose_services_natively(tmp_path: Path, home: Path) -> None:
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
 
     cmd, env = native(services["mlflow"], mapping, MLFLOW_BACKEND_STORE_URI=tracking_uri)
-    assert cmd[:2] == ["mlflow", "server"] and f"--port={port}" in cmd
+    assert cmd[:3] == ["python", "-m", "catsdogs_pl.mlflow_server"] and f"--port={port}" in cmd
     mlflow_log = tmp_path / "mlflow.log"
     mlflow = subprocess.Popen(cmd, env=env, stdout=mlflow_log.open("w"), stderr=subprocess.STDOUT)
     ts_cmd, ts_env = native(services["torchserve"], mapping, CATSDOGS_HOME=str(home))
@@ -106,16 +105,7 @@ def test_compose_services_natively(tmp_path: Path, home: Path) -> None:
 
         ok, message = serve.ready()
         assert ok, message
-        smoke = subprocess.run(
-            [sys.executable, "-m", "catsdogs_pl.smoke", "--model-version", "1"],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert smoke.returncode == 0, smoke.stdout + smoke.stderr
-        assert (
-            "smoke test passed" in smoke.stdout and "prediction on sample-cat.jpg" in smoke.stdout
-        )
+        run_smoke("1")
 
         # the registry and the artifacts live behind the MLflow server, not in the trainer
         client = MlflowClient(f"http://127.0.0.1:{port}")

@@ -17,7 +17,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ from mlflow import MlflowClient
 
 from catsdogs_pl import settings
 from catsdogs_pl import torchserve as ts
-from tests.deployment import COMPOSE_FILE, compose_binary
+from tests.deployment import COMPOSE_FILE, compose_binary, run_smoke
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -177,14 +176,7 @@ def test_services_healthy_and_unprivileged(stack: Stack, report) -> None:
 
 
 def test_smoke_on_the_published_inference_port(stack: Stack, report) -> None:
-    smoke = subprocess.run(
-        [sys.executable, "-m", "catsdogs_pl.smoke", "--model-version", "1"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert smoke.returncode == 0, smoke.stdout + smoke.stderr
-    report("stack: smoke test", smoke.stdout.strip().splitlines())
+    report("stack: smoke test", run_smoke("1"))
 
 
 def test_registry_on_postgresql_and_one_mlflow_version(stack: Stack, report) -> None:
