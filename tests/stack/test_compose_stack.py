@@ -52,6 +52,11 @@ def _engine_problem() -> str | None:
     return None if info.returncode == 0 else info.stderr.strip()[-300:]
 
 
+def _answers(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def _run(cmd: list[str], env: dict[str, str], timeout: float = 600) -> str:
     """Run a command; its standard output, or a failure that shows all it printed."""
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -121,7 +126,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, report) -> Iterator[Stack]:
             f"no Docker engine answers ({problem}); where no registry is reachable, "
             'eval "$(../shared/tools/docker-here.sh --standins)" starts one'
         )
-    busy = [p for p in PORTS if socket.socket().connect_ex(("127.0.0.1", p)) == 0]
+    busy = [p for p in PORTS if _answers(p)]
     assert not busy, f"ports {busy} are in use here: the stack's services bind them (host network)"
     home, data = tmp_path_factory.mktemp("stack-home"), tmp_path_factory.mktemp("stack-data")
     stack = Stack(home, data)
@@ -145,8 +150,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, report) -> Iterator[Stack]:
         yield stack
     finally:
         patch.undo()
-        logs = stack.compose("logs", "--no-color", "--tail", "60")
-        (tmp_path_factory.getbasetemp() / "stack.log").write_text(logs)
+        log = tmp_path_factory.getbasetemp() / "stack.log"  # what each service printed last
+        log.write_text(stack.compose("logs", "--no-color", "--tail", "60"))
+        report("stack: service logs", str(log))
         stack.compose("down", "--volumes", "--remove-orphans")
         _run(["docker", "image", "prune", "--force"], stack.env)  # the CUDA layers are GBs
 
