@@ -66,8 +66,8 @@ WORKDIR /srv/catsdogs
 EXPOSE 8080 8081 8082
 # Ready means the default model version has a READY worker; /ping is 200 while models still load.
 HEALTHCHECK --interval=10s --timeout=8s --start-period=120s --retries=3 \
-    CMD ["python", "-m", "catsdogs_pl.serve", "ready"]
-CMD ["python", "-m", "catsdogs_pl.serve", "run"]
+    CMD ["python", "-m", "catsdogs_pl.serving.serve", "ready"]
+CMD ["python", "-m", "catsdogs_pl.serving.serve", "run"]
 
 # --- training: the project's own dependencies first (cached), then serve's code
 FROM runtime AS train

@@ -19,7 +19,8 @@ import torch
 import uvicorn
 from fastapi import FastAPI, HTTPException, UploadFile
 
-from catsdogs_pl import export, preprocessing
+from catsdogs_pl import preprocessing
+from catsdogs_pl.training import export
 
 
 def create_app(export_dir: Path) -> FastAPI:

@@ -2,7 +2,7 @@
 
 All three serve the same model on the same real photos (the JPEGs of the full-size sample that our
 preprocessing keeps), one after the other, in the same run:
-1. TorchServe started by `catsdogs_pl.serve.start()` with the shared config; the archive built by
+1. TorchServe started by `catsdogs_pl.serving.serve.start()` with the shared config; the archive built by
    `package.build_mar` and registered through the management API as `deploy` does. It runs on its
    own ports with its own state folder, so it never meets the tests' or a user's server.
 2. The in-process limit: the handler's decode + predict called directly, in `--workers` threads of
@@ -46,9 +46,11 @@ import numpy as np
 import yaml
 from mlflow import MlflowClient
 
-from catsdogs_pl import export, package, preprocessing, serve, settings, tracking
-from catsdogs_pl import torchserve as ts
+from catsdogs_pl import preprocessing, settings
 from catsdogs_pl.data import sources
+from catsdogs_pl.serving import package, serve
+from catsdogs_pl.serving import torchserve as ts
+from catsdogs_pl.training import export, tracking
 
 WARMUP_S = 2.0
 MIN_PHOTO_BYTES = 5_000  # thumbnails and stubs are not the photos users send

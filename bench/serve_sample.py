@@ -3,7 +3,7 @@
 For each file of the sample's defect table the HTTP status and the reason, and the accuracy on the
 sample's photos (a sanity check only: the same photos appear, resized, in petimages-180.zip).
 
-Usage: python -m catsdogs_pl.serve start; python -m catsdogs_pl.deploy --alias champion;
+Usage: python -m catsdogs_pl.serving.serve start; python -m catsdogs_pl.serving.deploy --alias champion;
        python bench/serve_sample.py [--data ../shared/data]
 """
 
@@ -14,7 +14,7 @@ import json
 import zipfile
 from pathlib import Path
 
-from catsdogs_pl import torchserve as ts
+from catsdogs_pl.serving import torchserve as ts
 
 SPECIAL = [
     "Cat/666.jpg",

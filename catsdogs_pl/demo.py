@@ -11,9 +11,10 @@ import os
 import sys
 from pathlib import Path
 
-from catsdogs_pl import deploy, fit, package, serve, settings
-from catsdogs_pl import torchserve as ts
-from catsdogs_pl.predict import describe, predict
+from catsdogs_pl import fit, settings
+from catsdogs_pl.serving import deploy, package, serve
+from catsdogs_pl.serving import torchserve as ts
+from catsdogs_pl.serving.predict import describe, predict
 
 DEMO_CONFIG = settings.ROOT / "configs" / "demo.yaml"
 WATCHED = ("ts_inference_requests_total", "CatsDogsPredictions", "CatsDogsRejectedInputs")

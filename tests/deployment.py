@@ -61,9 +61,9 @@ def native(
 
 
 def run_smoke(version: str) -> list[str]:
-    """`python -m catsdogs_pl.smoke` as CI and users run it, from this environment; its lines."""
+    """`python -m catsdogs_pl.serving.smoke` as CI and users run it, from this environment; its lines."""
     smoke = subprocess.run(
-        [sys.executable, "-m", "catsdogs_pl.smoke", "--model-version", version],
+        [sys.executable, "-m", "catsdogs_pl.serving.smoke", "--model-version", version],
         capture_output=True,
         text=True,
         timeout=300,

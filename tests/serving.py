@@ -13,9 +13,11 @@ import pytest
 import torch
 import yaml
 
-from catsdogs_pl import export, package, preprocessing, serve, settings
-from catsdogs_pl import torchserve as ts
+from catsdogs_pl import preprocessing, settings
 from catsdogs_pl.models.cnn import BaselineCNN
+from catsdogs_pl.serving import package, serve
+from catsdogs_pl.serving import torchserve as ts
+from catsdogs_pl.training import export
 
 SIZE = 32
 ARCH = {"num_classes": 2, "width": 4, "depth": 2, "blocks_per_stage": 1, "dropout": 0.0}

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from catsdogs_pl import mlflow_server, serve, settings
+from catsdogs_pl import mlflow_server, settings
+from catsdogs_pl.serving import serve
 from tests.deployment import compose_config
 
 SERVICES = {"torchserve", "mlflow", "postgres", "prometheus", "grafana", "trainer"}

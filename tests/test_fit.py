@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 import torch
+from catsdogs_pl.fit import main
 from lightning.pytorch import Callback
 from mlflow import MlflowClient
 
-from catsdogs_pl import export, tracking
-from catsdogs_pl.fit import main
 from catsdogs_pl.models.classifier import TEST_ACC, VAL_ACC
+from catsdogs_pl.training import export, tracking
 
 ROOT = Path(__file__).resolve().parents[1]
 

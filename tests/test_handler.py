@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from catsdogs_pl import export, package, preprocessing
+from catsdogs_pl import preprocessing
 from catsdogs_pl.data.datamodule import CatsDogsDataModule
+from catsdogs_pl.serving import package
+from catsdogs_pl.training import export
 from tests.conftest import image_bytes, make_class_folders
 from tests.serving import SIZE, FakeContext, load_handler, make_export
 from tests.test_preprocessing import png_claiming

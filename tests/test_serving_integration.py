@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from catsdogs_pl import deploy, serve, settings, tracking
-from catsdogs_pl import torchserve as ts
-from catsdogs_pl.predict import predict
+from catsdogs_pl import settings
+from catsdogs_pl.serving import deploy, serve
+from catsdogs_pl.serving import torchserve as ts
+from catsdogs_pl.serving.predict import predict
+from catsdogs_pl.training import tracking
 from tests.conftest import image_bytes, shared_file
 from tests.serving import make_export, state_folder, worker_pids
 from tests.test_preprocessing import png_claiming

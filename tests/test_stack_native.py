@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from catsdogs_pl import serve, settings
-from catsdogs_pl import torchserve as ts
+from catsdogs_pl import settings
+from catsdogs_pl.serving import serve
+from catsdogs_pl.serving import torchserve as ts
 from tests.deployment import compose_config, native, run_smoke
 from tests.serving import state_folder
 
@@ -81,7 +82,7 @@ def test_compose_services_natively(tmp_path: Path, home: Path) -> None:
     mlflow_log = tmp_path / "mlflow.log"
     mlflow = subprocess.Popen(cmd, env=env, stdout=mlflow_log.open("w"), stderr=subprocess.STDOUT)
     ts_cmd, ts_env = native(services["torchserve"], mapping, CATSDOGS_HOME=str(home))
-    assert ts_cmd == ["python", "-m", "catsdogs_pl.serve", "run"]
+    assert ts_cmd == ["python", "-m", "catsdogs_pl.serving.serve", "run"]
     home.mkdir()
     ts_log = tmp_path / "torchserve.log"
 

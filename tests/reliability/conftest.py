@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from catsdogs_pl import package, serve, settings
+from catsdogs_pl import settings
+from catsdogs_pl.serving import package, serve
 from tests.serving import make_export, state_folder
 
 

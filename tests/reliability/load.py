@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from catsdogs_pl import settings
-from catsdogs_pl import torchserve as ts
 from catsdogs_pl.data.synthetic import draw_animal
+from catsdogs_pl.serving import torchserve as ts
 from tests.conftest import SHARED_DATA
 
 SAMPLE = SHARED_DATA / "petimages-fullsize-sample.zip"

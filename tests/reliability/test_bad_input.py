@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from catsdogs_pl import settings
-from catsdogs_pl import torchserve as ts
+from catsdogs_pl.serving import torchserve as ts
 from tests.conftest import image_bytes
 from tests.serving import worker_pids
 from tests.test_preprocessing import png_claiming

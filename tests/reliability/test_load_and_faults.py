@@ -13,7 +13,7 @@ import zipfile
 import pytest
 
 from catsdogs_pl import settings
-from catsdogs_pl import torchserve as ts
+from catsdogs_pl.serving import torchserve as ts
 from tests.reliability.conftest import mar_path
 from tests.reliability.load import photos, run_load
 from tests.serving import worker_pids

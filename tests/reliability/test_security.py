@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from catsdogs_pl import export, package
-from catsdogs_pl import torchserve as ts
+from catsdogs_pl.serving import package
+from catsdogs_pl.serving import torchserve as ts
+from catsdogs_pl.training import export
 from tests.serving import FakeContext, load_handler, make_export
 
 

@@ -27,7 +27,7 @@ import pytest
 from mlflow import MlflowClient
 
 from catsdogs_pl import settings
-from catsdogs_pl import torchserve as ts
+from catsdogs_pl.serving import torchserve as ts
 from tests.deployment import COMPOSE_FILE, compose_binary, run_smoke
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
@@ -100,7 +100,7 @@ class Stack:
         return self.compose("run", "--rm", "trainer", timeout=1200)
 
     def deploy(self, *args: str) -> str:
-        cmd = ["python", "-m", "catsdogs_pl.deploy", *args]
+        cmd = ["python", "-m", "catsdogs_pl.serving.deploy", *args]
         return self.compose("run", "--rm", "--no-deps", "trainer", *cmd)
 
     def wait_healthy(self, *services: str) -> None:

@@ -1,4 +1,4 @@
-"""`python -m catsdogs_pl.package`: a registered model version -> `model-store/catsdogs_vN.mar`.
+"""`python -m catsdogs_pl.serving.package`: a registered model version -> `model-store/catsdogs_vN.mar`.
 
 The `.mar` version is the MLflow registered version, so `/predictions/catsdogs/N` serves exactly
 registry version N. The archive holds the servable export of the version's run, the handler, and
@@ -17,7 +17,8 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from catsdogs_pl import export, settings, tracking
+from catsdogs_pl import settings
+from catsdogs_pl.training import export, tracking
 
 SOURCES = {  # file shipped in the .mar -> where it comes from
     "catsdogs_cnn.py": settings.ROOT / "catsdogs_pl" / "models" / "cnn.py",
@@ -130,7 +131,9 @@ def add_version_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m catsdogs_pl.package", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m catsdogs_pl.serving.package", description=__doc__
+    )
     add_version_arguments(parser)
     parser.add_argument("--export-dir", type=Path, help="a local servable export folder instead")
     parser.add_argument("--force", action="store_true", help="rebuild an existing archive")

@@ -1,4 +1,4 @@
-"""`python -m catsdogs_pl.smoke`: is a deployed catsdogs server really serving? (CI and by hand)
+"""`python -m catsdogs_pl.serving.smoke`: is a deployed catsdogs server really serving? (CI and by hand)
 
 Checks, in order: /ping answers 200, the default version has READY workers (waiting up to
 --timeout), the management API lists the expected version, a prediction on the bundled sample
@@ -18,9 +18,9 @@ import sys
 from pathlib import Path
 
 from catsdogs_pl import settings
-from catsdogs_pl import torchserve as ts
+from catsdogs_pl.serving import torchserve as ts
 
-SAMPLE = Path(__file__).parent / "assets" / "sample-cat.jpg"
+SAMPLE = Path(__file__).parents[1] / "assets" / "sample-cat.jpg"
 LABELS = ("cat", "dog")
 
 
@@ -74,7 +74,9 @@ def smoke(version: str | None = None, image: Path = SAMPLE, timeout: float = 120
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m catsdogs_pl.smoke", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m catsdogs_pl.serving.smoke", description=__doc__
+    )
     parser.add_argument("--model-version", help="fail unless this version is registered")
     parser.add_argument("--image", type=Path, default=SAMPLE, help="default: the bundled sample")
     parser.add_argument("--timeout", type=float, default=120, help="seconds to wait for READY")

@@ -1,4 +1,4 @@
-"""`python -m catsdogs_pl.serve start|run|stop|status|ready`: TorchServe with the shared config.
+"""`python -m catsdogs_pl.serving.serve start|run|stop|status|ready`: TorchServe with the shared config.
 
 `start` runs it in the background (laptops, tests); `run` in the foreground (the container's command);
 `ready` is the health check (exit 0 when the default version has a READY worker).
@@ -23,7 +23,7 @@ import urllib.parse
 from pathlib import Path
 
 from catsdogs_pl import settings
-from catsdogs_pl import torchserve as ts
+from catsdogs_pl.serving import torchserve as ts
 
 METRICS_CONFIG = settings.ROOT / "configs" / "torchserve" / "metrics.yaml"
 
@@ -202,7 +202,9 @@ def status() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m catsdogs_pl.serve", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m catsdogs_pl.serving.serve", description=__doc__
+    )
     parser.add_argument("command", choices=("start", "run", "stop", "status", "ready"))
     parser.add_argument("--mar", type=Path, help="start with this archive from the model store")
     args = parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""`python -m catsdogs_pl.deploy`: put registry versions on the running TorchServe.
+"""`python -m catsdogs_pl.serving.deploy`: put registry versions on the running TorchServe.
 
   deploy --model-version N | --alias champion | --run-id R   package if needed, register, wait
                                                              until READY, make it the default
@@ -20,8 +20,8 @@ import urllib.parse
 from pathlib import Path
 
 from catsdogs_pl import settings
-from catsdogs_pl import torchserve as ts
-from catsdogs_pl.package import add_version_arguments, package
+from catsdogs_pl.serving import torchserve as ts
+from catsdogs_pl.serving.package import add_version_arguments, package
 
 
 def _save_history(history: list[str]) -> None:
@@ -114,7 +114,7 @@ def listing() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m catsdogs_pl.deploy",
+        prog="python -m catsdogs_pl.serving.deploy",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -1,4 +1,4 @@
-"""`python -m catsdogs_pl.predict IMAGE... [--url URL] [--model-version N]`: ask the server."""
+"""`python -m catsdogs_pl.serving.predict IMAGE... [--url URL] [--model-version N]`: ask the server."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from catsdogs_pl import settings
-from catsdogs_pl import torchserve as ts
+from catsdogs_pl.serving import torchserve as ts
 
 
 def predict(image: Path, url: str | None = None, version: str | None = None) -> tuple[int, Any]:
@@ -31,7 +31,9 @@ def describe(image: Path, status: int, answer: Any) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m catsdogs_pl.predict", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m catsdogs_pl.serving.predict", description=__doc__
+    )
     parser.add_argument("images", nargs="+", type=Path)
     parser.add_argument("--url", help=f"inference API (default {settings.address('inference')})")
     parser.add_argument("--model-version", help="a specific version instead of the default")

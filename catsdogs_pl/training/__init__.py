@@ -1,0 +1,1 @@
+"""Training: the fit command, MLflow tracking and registry rules, plots, the servable export."""
