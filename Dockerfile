@@ -22,7 +22,7 @@ ARG MLFLOW_VERSION
 # psycopg 3: the driver catsdogs_pl.mlflow_server names in the backend URI
 RUN pip install "mlflow==${MLFLOW_VERSION}" "psycopg[binary]==3.2.13" \
     && install -d -o catsdogs -g catsdogs /mlartifacts
-COPY catsdogs_pl/__init__.py catsdogs_pl/mlflow_server.py /app/catsdogs_pl/
+COPY catsdogs_pl/__init__.py catsdogs_pl/errors.py catsdogs_pl/mlflow_server.py /app/catsdogs_pl/
 ENV PYTHONPATH=/app
 USER 10001:10001
 WORKDIR /home/catsdogs

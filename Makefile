@@ -9,7 +9,7 @@ SOURCE ?= ../shared/data/petimages-180.zip
 CATSDOGS_IMAGE ?= catsdogs
 CATSDOGS_TAG ?= latest
 
-.PHONY: venv test lint demo prepare bench images clean
+.PHONY: venv test test-fast lint demo prepare bench images clean
 
 venv: $(VENV)/.installed
 
@@ -31,6 +31,11 @@ lint: venv
 
 test: lint
 	$(PY) -m pytest
+
+# The unit tier: no training, no TorchServe or MLflow server, no Docker; under a minute on 2 cores.
+# `make test` (CI) runs every tier. The markers are declared in pyproject.toml.
+test-fast: venv
+	$(PY) -m pytest -m "not slow and not integration and not stack"
 
 # The main job end to end on synthetic data; its state (MLflow store, model store, TorchServe logs
 # and token) stays in .demo/ so it never mixes with real trainings in ~/.catsdogs.

@@ -73,8 +73,9 @@ def servable(args: argparse.Namespace, tmp: Path) -> Path:
     """The export folder to serve: given, or `servable/` of the registry version's run."""
     if args.export_dir:
         return args.export_dir
-    client = MlflowClient(tracking.resolve_tracking_uri(args.tracking_uri))
-    _, run_id = package.resolve_version(client, settings.MODEL_NAME, args.model_version)
+    registry = tracking.MlflowSettings.from_config()
+    client = MlflowClient(tracking.resolve_tracking_uri(args.tracking_uri or registry.tracking_uri))
+    _, run_id = package.resolve_version(client, registry.registered_model, args.model_version)
     return Path(client.download_artifacts(run_id, "servable", str(tmp)))
 
 

@@ -19,9 +19,11 @@ from typing import Any
 import lightning as L
 import torch
 import yaml
+from lightning.pytorch.cli import instantiate_class
 from torch.utils.data import DataLoader, TensorDataset
 
 from catsdogs_pl.data.datamodule import CatsDogsDataModule
+from catsdogs_pl.data.prepare import Settings
 from catsdogs_pl.models.classifier import CatsDogsClassifier
 
 WARMUP = 5
@@ -49,6 +51,12 @@ class StepTimer(L.Callback):
         return self.samples / (self.end - self.start)
 
 
+def classifier(model_args: dict[str, Any], **overrides: Any) -> CatsDogsClassifier:
+    """The config's `model` section as LightningCLI builds it: the net from class_path/init_args."""
+    args = {**model_args, **overrides}
+    return CatsDogsClassifier(instantiate_class((), args.pop("net")), **args)
+
+
 def train_rate(model_args: dict[str, Any], steps: int, precision: str, **fit_kwargs: Any) -> float:
     L.seed_everything(0, verbose=False)
     timer = StepTimer()
@@ -64,7 +72,7 @@ def train_rate(model_args: dict[str, Any], steps: int, precision: str, **fit_kwa
         devices=1,
         precision=precision,
     )
-    trainer.fit(CatsDogsClassifier(**model_args), **fit_kwargs)
+    trainer.fit(classifier(model_args), **fit_kwargs)
     return timer.rate
 
 
@@ -78,8 +86,10 @@ def main() -> None:
     args = parser.parse_args()
     config = yaml.safe_load(args.config.read_text())
     model_args, data_args = config["model"], config["data"]
-    data_args.update(source=args.source, data_dir=args.data_dir)
-    batch, size = data_args["batch_size"], data_args["image_size"]
+    data_args.update(
+        source=args.source, data_dir=args.data_dir, settings=Settings(**data_args["settings"])
+    )
+    batch, size = data_args["batch_size"], data_args["settings"].image_size
     precision = config["trainer"].get("precision", "32-true")
 
     made = TensorDataset(torch.randn(batch * 8, 3, size, size), torch.randint(0, 2, (batch * 8,)))
@@ -89,7 +99,7 @@ def main() -> None:
         "batch_size": batch,
         "precision": precision,
         "params_millions": round(
-            sum(p.numel() for p in CatsDogsClassifier(**model_args).parameters()) / 1e6, 2
+            sum(p.numel() for p in classifier(model_args).parameters()) / 1e6, 2
         ),
         "steps": args.steps,
     }

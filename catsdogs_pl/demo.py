@@ -6,15 +6,18 @@ two predictions -> the Prometheus metrics that moved -> where the MLflow UI is -
 
 from __future__ import annotations
 
+import argparse
 import csv
 import os
 import sys
 from pathlib import Path
 
 from catsdogs_pl import fit, settings
+from catsdogs_pl.errors import run
 from catsdogs_pl.serving import deploy, package, serve
 from catsdogs_pl.serving import torchserve as ts
 from catsdogs_pl.serving.predict import describe, predict
+from catsdogs_pl.training.tracking import MlflowSettings
 
 DEMO_CONFIG = settings.ROOT / "configs" / "demo.yaml"
 WATCHED = ("ts_inference_requests_total", "CatsDogsPredictions", "CatsDogsRejectedInputs")
@@ -37,18 +40,20 @@ def _metrics() -> list[str]:
     return [line for line in text.splitlines() if line.startswith(WATCHED)]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(prog="python -m catsdogs_pl.demo", description=__doc__).parse_args(argv)
     os.chdir(settings.ROOT)  # the demo config's data paths are relative to the repository
     _step(f"1/6 fit {DEMO_CONFIG.relative_to(settings.ROOT)} (state in {settings.home()})")
     summary = fit.main(["--config", str(DEMO_CONFIG), "--trainer.enable_progress_bar=false"])
+    registry = MlflowSettings.from_config(DEMO_CONFIG)  # where fit registered the version
     _step("2/6 package the registered version for TorchServe")
-    version, mar = package.package(version=summary["version"])
+    version, mar = package.package(version=summary.version, mlflow=registry)
     print(f"version {version}: {mar}")
     _step("3/6 start TorchServe")
     print(serve.start())
     try:
         _step("4/6 deploy")
-        print(deploy.deploy(version=version))
+        print(deploy.deploy(version=version, mlflow=registry))
         _step("5/6 predict")
         for image in _test_images(settings.ROOT / "data" / "prepared-demo"):
             print(describe(image, *predict(image)))
@@ -57,11 +62,11 @@ def main() -> int:
         _step("6/6 Prometheus metrics that moved")
         print("\n".join(_metrics()))
         print(f"\nMLflow UI: {Path(sys.executable).parent}/mlflow ui --backend-store-uri ", end="")
-        print(f"{summary['tracking_uri']}   then open http://127.0.0.1:5000")
+        print(f"{summary.tracking_uri}   then open http://127.0.0.1:5000")
     finally:
         print(serve.stop())
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

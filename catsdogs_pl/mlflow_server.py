@@ -5,7 +5,7 @@ MLflow takes its database as one URI, and a password pasted into a URI breaks on
 POSTGRES_PASSWORD, POSTGRES_HOST, POSTGRES_PORT and POSTGRES_DB with every part percent-encoded,
 names the driver (psycopg 3, which the image installs) instead of leaving SQLAlchemy to guess, and
 execs `mlflow server`. An explicit MLFLOW_BACKEND_STORE_URI wins. Standard library only: the mlflow
-image holds this file and MLflow, nothing else of ours.
+image holds this file, errors.py and MLflow, nothing else of ours.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import sys
 from collections.abc import Mapping
 from urllib.parse import quote
 
+from catsdogs_pl.errors import ConfigError, run
+
 DRIVER = "postgresql+psycopg"
 
 
@@ -23,7 +25,7 @@ def backend_store_uri(env: Mapping[str, str]) -> str:
     if env.get("MLFLOW_BACKEND_STORE_URI"):
         return env["MLFLOW_BACKEND_STORE_URI"]
     if not env.get("POSTGRES_PASSWORD"):
-        raise ValueError("POSTGRES_PASSWORD is not set: the MLflow server needs its database's")
+        raise ConfigError("POSTGRES_PASSWORD is not set: the MLflow server needs its database's")
     user = quote(env.get("POSTGRES_USER", "mlflow"), safe="")
     password = quote(env["POSTGRES_PASSWORD"], safe="")
     host = env.get("POSTGRES_HOST", "postgres")
@@ -34,14 +36,10 @@ def backend_store_uri(env: Mapping[str, str]) -> str:
 
 def main(argv: list[str]) -> int:
     """Exec `mlflow server` with the backend URI set (returns only on a configuration error)."""
-    try:
-        uri = backend_store_uri(os.environ)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    uri = backend_store_uri(os.environ)
     os.environ["MLFLOW_BACKEND_STORE_URI"] = uri
     os.execvp("mlflow", ["mlflow", "server", *argv])
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run(main, sys.argv[1:]))

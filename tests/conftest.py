@@ -1,49 +1,38 @@
-"""Shared fixtures: tiny generated images, so fast tests need no real data; figures to report."""
+"""Fixtures for every test: a session kept away from the user's state and servers, generated class
+folders, figures to report, and the session's one TorchServe in the states tests ask for.
+
+Helpers (plain functions and tables) are in tests/helpers/, never imported from a test module.
+"""
 
 from __future__ import annotations
 
-import io
 import json
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def image_bytes(
-    seed: int, size: tuple[int, int] = (64, 48), fmt: str = "JPEG", mode: str = "RGB"
-) -> bytes:
-    """A unique noise image: distinct seeds give distinct bytes."""
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels, "RGB").convert(mode).save(buf, fmt)
-    return buf.getvalue()
+from tests.helpers.images import make_class_folders
+from tests.helpers.serving import SessionTorchServe, environment, scratch_folder, state_env
 
 
-def make_class_folders(
-    root: Path, per_class: int = 10, classes=("Cat", "Dog"), start: int = 0
-) -> Path:
-    for c, name in enumerate(classes):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(start, start + per_class):
-            (root / name / f"{i}.jpg").write_bytes(image_bytes(10_000 * (c + 1) + i))
-    return root
+@pytest.fixture(scope="session", autouse=True)
+def isolated_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """No test reads or writes ~/.catsdogs, the user's MLFLOW_TRACKING_URI, or talks to a server
+    on the default ports: the session has a state folder of its own and TS_* addresses on ports
+    nothing listens on (a test that starts a server gives it a state folder and ports of its own)."""
+    scratch = scratch_folder()
+    try:
+        with environment(state_env(tmp_path_factory.mktemp("catsdogs-home"), scratch)):
+            yield
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 @pytest.fixture
 def class_folders(tmp_path: Path) -> Path:
     return make_class_folders(tmp_path / "src")
-
-
-def shared_file(name: str) -> Path:
-    path = SHARED_DATA / name
-    if not path.exists():
-        pytest.skip(f"{path} is absent (real-data tests need ../shared/data)")
-    return path
 
 
 FIGURES: dict[str, object] = {}
@@ -60,3 +49,50 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.section("figures")
         for name, figures in FIGURES.items():
             terminalreporter.write_line(f"{name}: {json.dumps(figures)}")
+
+
+SERVER_FIXTURES = {"torchserve", "served", "blank_torchserve"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses the session's TorchServe is an integration test, marked or not: the unit
+    tier (`make test-fast`) never starts a server."""
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def torchserve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SessionTorchServe]:
+    """The one TorchServe of the session for the serving and reliability tests (a real one, Java
+    17): a registry with versions 1 and 2 and the shared config, on free ports. Tests take it
+    through `served` or `blank_torchserve`, which set the state they need and the environment in
+    which the clients reach it."""
+    if shutil.which("java") is None:
+        pytest.skip("TorchServe needs Java 17")
+    server = SessionTorchServe(tmp_path_factory.mktemp("torchserve"))
+    try:
+        with server.environment():
+            server.start()
+        yield server
+    finally:
+        with server.environment():
+            server.stop()
+
+
+@pytest.fixture
+def served(torchserve: SessionTorchServe) -> Iterator[Path]:
+    """The session's TorchServe serving v1 only (v1 the default), the archives of v1 and v2 in
+    its model store; yields its state folder."""
+    with torchserve.environment():
+        torchserve.serving_only("1")
+        yield torchserve.home
+
+
+@pytest.fixture
+def blank_torchserve(torchserve: SessionTorchServe) -> Iterator[Path]:
+    """The session's TorchServe with nothing registered, no deployment history and an empty model
+    store, its registry still holding versions 1 and 2; yields its state folder."""
+    with torchserve.environment():
+        torchserve.blank()
+        yield torchserve.home

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from catsdogs_pl import settings
-from tests.deployment import tool
+from tests.helpers.deployment import tool
 
 PROMETHEUS = settings.ROOT / "configs" / "prometheus"
 ALERTS = PROMETHEUS / "alerts.yml"

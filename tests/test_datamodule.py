@@ -10,6 +10,7 @@ import torch
 
 from catsdogs_pl import preprocessing
 from catsdogs_pl.data.datamodule import CatsDogsDataModule
+from catsdogs_pl.data.prepare import Settings
 
 
 @pytest.fixture
@@ -17,7 +18,7 @@ def dm(tmp_path: Path) -> CatsDogsDataModule:
     module = CatsDogsDataModule(
         source=str(tmp_path / "synthetic"),
         data_dir=str(tmp_path / "prepared"),
-        image_size=32,
+        settings=Settings(image_size=32),
         batch_size=8,
         num_workers=0,
         synthetic_per_class=30,

@@ -11,7 +11,7 @@ import yaml
 
 from catsdogs_pl import mlflow_server, settings
 from catsdogs_pl.serving import serve
-from tests.deployment import compose_config
+from tests.helpers.deployment import compose_config
 
 SERVICES = {"torchserve", "mlflow", "postgres", "prometheus", "grafana", "trainer"}
 CONFIGS = settings.ROOT / "configs"
@@ -99,7 +99,9 @@ def test_prometheus_scrapes_both_metrics_ports() -> None:
     targets = {
         t for job in config["scrape_configs"] for s in job["static_configs"] for t in s["targets"]
     }
-    ports = {settings.address(k).rsplit(":", 1)[1] for k in ("metrics", "worker_metrics")}
+    # the container's ports: config.properties' (the session's TS_* variables are this machine's)
+    props = settings.ts_properties()
+    ports = {props[f"{k}_address"].rsplit(":", 1)[1] for k in ("metrics", "worker_metrics")}
     assert {f"torchserve:{p}" for p in ports} <= targets
 
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 import torch
-from catsdogs_pl.fit import main
 from lightning.pytorch import Callback
 from mlflow import MlflowClient
 
+from catsdogs_pl.fit import main
 from catsdogs_pl.models.classifier import TEST_ACC, VAL_ACC
 from catsdogs_pl.training import export, tracking
 
@@ -36,10 +36,10 @@ def fit_args(tmp_path: Path, synthetic: Path, monkeypatch: pytest.MonkeyPatch) -
         f"--data.source={synthetic}",
         "--data.synthetic_per_class=40",
         f"--data.data_dir={tmp_path / 'prepared'}",
-        "--data.image_size=32",
+        "--data.settings.image_size=32",
         "--data.batch_size=16",
-        "--model.width=8",
-        "--model.depth=2",
+        "--model.net.init_args.width=8",
+        "--model.net.init_args.depth=2",
         "--trainer.max_epochs=2",
         "--trainer.enable_progress_bar=false",
         f"--checkpoint_dir={tmp_path / 'checkpoints'}",
@@ -54,12 +54,13 @@ def artifacts(client: MlflowClient, run_id: str, path: str = "") -> set[str]:
     return found
 
 
+@pytest.mark.slow  # trains
 def test_demo_fit_logs_registers_and_exports(fit_args: list[str], tmp_path: Path) -> None:
     summary = main(fit_args)
-    client = MlflowClient(summary["tracking_uri"])
-    run = client.get_run(summary["run_id"])
+    client = MlflowClient(summary.tracking_uri)
+    run = client.get_run(summary.run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.params["width"] == "8" and run.data.params["image_size"] == "32"
+    assert run.data.params["net/width"] == "8" and run.data.params["settings/image_size"] == "32"
     assert len(run.data.params["data/dataset_version"]) == 16
     assert {VAL_ACC, TEST_ACC, "train/loss_epoch", "val/acc_best"} <= set(run.data.metrics)
     assert run.data.tags["torch"] == torch.__version__ and "git_commit" in run.data.tags
@@ -71,12 +72,12 @@ def test_demo_fit_logs_registers_and_exports(fit_args: list[str], tmp_path: Path
     assert expected <= found
     assert any(f.startswith("checkpoints/best-epoch") for f in found)
 
-    version = client.get_model_version("catsdogs", summary["version"])
+    version = client.get_model_version("catsdogs", summary.version)
     assert version.run_id == run.info.run_id
     assert version.tags["dataset_version"] == run.data.params["data/dataset_version"]
     assert float(version.tags[TEST_ACC]) == pytest.approx(run.data.metrics[TEST_ACC], abs=1e-5)
     assert client.get_model_version_by_alias("catsdogs", "champion").version == version.version
-    assert summary["champion_moved"] is True
+    assert summary.champion_moved is True
 
     local = Path(client.download_artifacts(run.info.run_id, "servable", str(tmp_path / "dl")))
     net, pre = export.load(local)
@@ -84,12 +85,13 @@ def test_demo_fit_logs_registers_and_exports(fit_args: list[str], tmp_path: Path
     assert net(torch.zeros(3, 3, 32, 32)).shape == (3, 2)
 
 
+@pytest.mark.slow  # trains
 def test_same_seed_same_metrics(fit_args: list[str], tmp_path: Path) -> None:
     first = main([*fit_args, "--trainer.max_epochs=1"])
     second = main([*fit_args, "--trainer.max_epochs=1", f"--checkpoint_dir={tmp_path / 'ckpt2'}"])
-    assert first["run_id"] != second["run_id"]
-    assert first["test_metrics"] == second["test_metrics"]
-    assert second["version"] == str(int(first["version"]) + 1)
+    assert first.run_id != second.run_id
+    assert first.test_metrics == second.test_metrics
+    assert second.version == str(int(first.version) + 1)
 
 
 class CrashAfterFirstEpoch(Callback):
@@ -100,6 +102,7 @@ class CrashAfterFirstEpoch(Callback):
             raise RuntimeError("simulated crash")
 
 
+@pytest.mark.slow  # trains
 def test_resume_continues_the_same_run(fit_args: list[str], tmp_path: Path) -> None:
     crash = f"--trainer.callbacks+={__name__}.CrashAfterFirstEpoch"
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -108,11 +111,11 @@ def test_resume_continues_the_same_run(fit_args: list[str], tmp_path: Path) -> N
     (crashed,) = client.search_runs([client.get_experiment_by_name("catsdogs-demo").experiment_id])
     assert crashed.info.status == "FAILED"
     resumed = main([*fit_args, "--ckpt_path=last"])
-    assert resumed["run_id"] == crashed.info.run_id
-    assert client.get_run(resumed["run_id"]).info.status == "FINISHED"
-    epochs = {m.value for m in client.get_metric_history(resumed["run_id"], "epoch")}
+    assert resumed.run_id == crashed.info.run_id
+    assert client.get_run(resumed.run_id).info.status == "FINISHED"
+    epochs = {m.value for m in client.get_metric_history(resumed.run_id, "epoch")}
     assert {0, 1} <= epochs  # epoch 0 before the crash, epoch 1 after the resume
-    assert len(client.get_metric_history(resumed["run_id"], VAL_ACC)) == 2
+    assert len(client.get_metric_history(resumed.run_id, VAL_ACC)) == 2
 
 
 def test_resume_without_checkpoint_says_what_to_do(fit_args: list[str]) -> None:
@@ -138,8 +141,8 @@ def test_unreachable_tracking_server_fails_before_training(
 
 
 def test_exception_marks_the_run_failed(fit_args: list[str], tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="model.num_classes=3"):
-        main([*fit_args, "--model.num_classes=3"])
+    with pytest.raises(ValueError, match=r"model\.net\.init_args\.num_classes=3"):
+        main([*fit_args, "--model.net.init_args.num_classes=3"])
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("catsdogs-demo").experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]

@@ -12,11 +12,11 @@ import torch
 
 from catsdogs_pl import preprocessing
 from catsdogs_pl.data.datamodule import CatsDogsDataModule
+from catsdogs_pl.data.prepare import Settings
 from catsdogs_pl.serving import package
 from catsdogs_pl.training import export
-from tests.conftest import image_bytes, make_class_folders
-from tests.serving import SIZE, FakeContext, load_handler, make_export
-from tests.test_preprocessing import png_claiming
+from tests.helpers.images import image_bytes, make_class_folders, png_claiming
+from tests.helpers.serving import SIZE, FakeContext, load_handler, make_export
 
 JPEG = image_bytes(1, (80, 60))
 PNG = image_bytes(2, (70, 50), fmt="PNG")
@@ -119,7 +119,10 @@ def test_parity_with_training_evaluation(tmp_path: Path, model_dir: Path) -> Non
     """Same bytes: the handler's input tensor equals the DataModule's evaluation batch."""
     src = make_class_folders(tmp_path / "src", per_class=12)
     dm = CatsDogsDataModule(
-        source=str(src), data_dir=str(tmp_path / "prep"), image_size=SIZE, num_workers=0
+        source=str(src),
+        data_dir=str(tmp_path / "prep"),
+        settings=Settings(image_size=SIZE),
+        num_workers=0,
     )
     dm.prepare_data()
     dm.setup("fit")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -13,27 +11,7 @@ from PIL import Image
 
 from catsdogs_pl import preprocessing
 from catsdogs_pl.preprocessing import BadImage, load_rgb
-from tests.conftest import image_bytes
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims width x height pixels (a decompression bomb)."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = b"IHDR" + ihdr
-    data = zlib.compress(b"\x00" * 4)
-    idat = b"IDAT" + data
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + struct.pack(">I", len(ihdr))
-        + chunk
-        + struct.pack(">I", zlib.crc32(chunk))
-        + struct.pack(">I", len(data))
-        + idat
-        + struct.pack(">I", zlib.crc32(idat))
-        + struct.pack(">I", 0)
-        + b"IEND"
-        + struct.pack(">I", zlib.crc32(b"IEND"))
-    )
+from tests.helpers.images import image_bytes, png_claiming
 
 
 @pytest.mark.parametrize(
@@ -50,7 +28,7 @@ def png_claiming(width: int, height: int) -> bytes:
     ],
 )
 def test_rejections_name_the_reason(data: bytes, reason: str) -> None:
-    with pytest.raises(BadImage) as info:
+    with pytest.raises(BadImage, match=f"^{reason}: ") as info:
         load_rgb(data, 32)
     assert info.value.reason == reason
     assert info.value.detail
@@ -61,7 +39,7 @@ def test_bomb_is_refused_before_pixels_are_allocated() -> None:
     import tracemalloc
 
     tracemalloc.start()
-    with pytest.raises(BadImage):
+    with pytest.raises(BadImage, match="^decompression_bomb: "):
         load_rgb(png_claiming(30_000, 30_000), 32)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()

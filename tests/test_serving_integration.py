@@ -1,23 +1,23 @@
-"""A real TorchServe (Java 17) with the shared config: versions, rollback, auth, bad input, metrics."""
+"""A real TorchServe (Java 17) with the shared config: versions, rollback, auth, bad input, metrics.
+
+The session's TorchServe (tests/conftest.py), its registry holding versions 1 and 2."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import time
 import zipfile
 from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
 
-from catsdogs_pl import settings
 from catsdogs_pl.serving import deploy, serve
 from catsdogs_pl.serving import torchserve as ts
 from catsdogs_pl.serving.predict import predict
-from catsdogs_pl.training import tracking
-from tests.conftest import image_bytes, shared_file
-from tests.serving import make_export, state_folder, worker_pids
-from tests.test_preprocessing import png_claiming
+from tests.helpers.images import image_bytes, png_claiming
+from tests.helpers.serving import worker_pids
+from tests.helpers.shared_data import SAMPLE_DEFECTS, SAMPLE_PREFIX, shared_file
 
 pytestmark = [
     pytest.mark.integration,
@@ -25,33 +25,12 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    """TorchServe in a fresh state folder, and a registry with two versions of catsdogs."""
-    home = tmp_path_factory.mktemp("home")
-    with state_folder(home):
-        uri = tracking.resolve_tracking_uri()
-        client = MlflowClient(uri)
-        experiment = client.create_experiment("it", artifact_location=str(home / "artifacts"))
-        for seed in (1, 2):
-            run = client.create_run(experiment)
-            export_dir = make_export(home / f"e{seed}", seed)
-            client.log_artifacts(run.info.run_id, str(export_dir), "servable")
-            tags = {"dataset_version": "d", "test/acc": "0.5"}
-            tracking.register(client, settings.MODEL_NAME, "servable", run.info.run_id, tags, "it")
-        try:
-            serve.start()
-            yield home
-        finally:
-            serve.stop()
-
-
 def send(data: bytes, content_type: str = "application/octet-stream") -> ts.Response:
     headers = {"Content-Type": content_type}
     return ts.call("inference", "POST", "/predictions/catsdogs", data=data, headers=headers)
 
 
-def test_versions_predict_default_and_rollback(server: Path, tmp_path: Path) -> None:
+def test_versions_predict_default_and_rollback(blank_torchserve: Path, tmp_path: Path) -> None:
     assert "registered and default now (was none)" in deploy.deploy(version="1")
     image = tmp_path / "x.jpg"
     image.write_bytes(image_bytes(5, (90, 70)))
@@ -71,7 +50,8 @@ def test_versions_predict_default_and_rollback(server: Path, tmp_path: Path) -> 
     assert "* v1" in listing and "  v2" in listing
 
 
-def test_rollback_after_a_restart(server: Path, tmp_path: Path) -> None:
+def test_rollback_after_a_restart(blank_torchserve: Path, tmp_path: Path) -> None:
+    deploy.deploy(version="1")
     deploy.deploy(version="2")
     serve.stop()  # what a container restart does: `serve run` registers only the last default
     serve.start(serve.last_deployed())
@@ -82,10 +62,7 @@ def test_rollback_after_a_restart(server: Path, tmp_path: Path) -> None:
     assert ts.default_version() == "1" and predict(image)[1]["model_version"] == "1"
 
 
-def test_bad_inputs_get_400_and_the_workers_survive(server: Path) -> None:
-    if not ts.describe(""):
-        deploy.deploy(version="1")
-    ts.wait_ready()
+def test_bad_inputs_get_400_and_the_workers_survive(served: Path) -> None:
     before = worker_pids()
     cases = {
         b"": "empty",
@@ -103,42 +80,52 @@ def test_bad_inputs_get_400_and_the_workers_survive(server: Path) -> None:
     assert form.status == 400 and form.json()["error"] == "missing_image"
     assert send(image_bytes(6, (64, 64))).status == 200
     assert worker_pids() == before  # no worker restarted
-    assert ts.wait_ready(timeout=5)
+    entry = ts.wait_ready(timeout=5)
+    assert entry["modelVersion"] == "1" and ts.ready_workers(entry) == len(before)
 
 
-def test_metrics_include_torchserve_and_handler_counters(server: Path) -> None:
-    if not ts.describe(""):
-        deploy.deploy(version="1")
-    send(image_bytes(7, (64, 64)))
-    send(b"garbage")
-    text = ts.call("metrics", "GET", "/metrics").body.decode()
-    assert "ts_inference_requests_total" in text
-    assert 'CatsDogsPredictions{Label="' in text
-    assert 'CatsDogsRejectedInputs{Reason="not_an_image"' in text
-
-
-SAMPLE_STATUS = {
-    "Cat/666.jpg": (400, "empty"),
-    "Dog/11702.jpg": (400, "truncated"),
-    "Cat/Thumbs.db": (400, "not_an_image"),
-    "Cat/10001.jpg": (400, "not_an_image"),
-    "Dog/10011.jpg": (400, "decompression_bomb"),
-    "Cat/10009.jpg": (400, "too_small"),
-    "Dog/10002.jpg": (200, None),  # PNG named .jpg
-    "Cat/10003.jpg": (200, None),  # CMYK
-    "Dog/10004.jpg": (200, None),  # greyscale
-    "Cat/10005.jpg": (200, None),  # animated GIF
-    "Dog/10006.jpg": (200, None),  # EXIF-rotated
-    "Cat/10010.jpg": (200, None),  # junk after the end marker
+COUNTED = {  # series prefix -> how much one good and one bad request add to it
+    "ts_inference_requests_total{": 2,
+    'CatsDogsPredictions{Label="': 1,
+    'CatsDogsRejectedInputs{Reason="not_an_image"': 1,
 }
 
 
-def test_real_sample_defects(server: Path) -> None:
+def _counted() -> dict[str, float]:
+    """The sum of each COUNTED series on the metrics port (0 while it has no sample)."""
+    text = ts.call("metrics", "GET", "/metrics").body.decode()
+    return {
+        prefix: sum(
+            float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
+        )
+        for prefix in COUNTED
+    }
+
+
+def test_metrics_include_torchserve_and_handler_counters(served: Path) -> None:
+    # the server is the session's: other tests' requests are counted too, so count the increase
+    before = _counted()
+    send(image_bytes(7, (64, 64)))
+    send(b"garbage")
+    deadline = time.monotonic() + 30  # handler metrics reach the frontend through worker logs
+    while True:
+        added = {k: v - before[k] for k, v in _counted().items()}
+        if all(added[k] >= n for k, n in COUNTED.items()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert added == COUNTED
+
+
+def test_real_sample_defects(served: Path) -> None:
+    """Every file of the sample's defect table: the server's answer to its bytes."""
     sample = shared_file("petimages-fullsize-sample.zip")
-    if not ts.describe(""):
-        deploy.deploy(version="1")
     with zipfile.ZipFile(sample) as zf:
-        for rel, (status, reason) in SAMPLE_STATUS.items():
-            response = send(zf.read(f"PetImages/{rel}"))
-            assert response.status == status, (rel, response.body)
-            assert response.json().get("error") == reason, rel
+        for rel, defect in SAMPLE_DEFECTS.items():
+            response = send(zf.read(SAMPLE_PREFIX + rel))
+            answer = response.json()
+            if defect.served is None:
+                assert response.status == 200, (rel, response.body)
+                assert answer["label"] in ("cat", "dog"), rel
+            else:
+                assert response.status == 400, (rel, response.body)
+                assert answer["error"] == defect.served, rel

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -18,20 +17,21 @@ from mlflow import MlflowClient
 from catsdogs_pl import settings
 from catsdogs_pl.serving import serve
 from catsdogs_pl.serving import torchserve as ts
-from tests.deployment import compose_config, native, run_smoke
-from tests.serving import state_folder
+from tests.helpers.deployment import compose_config, native, run_smoke
+from tests.helpers.ports import free_ports
+from tests.helpers.serving import state_folder
+
+# where each TorchServe address listens inside the torchserve container (config.properties)
+CONTAINER_PORTS = {
+    kind: settings.ts_properties()[f"{kind}_address"].rsplit(":", 1)[1]
+    for kind in settings.ADDRESS_KINDS
+}
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.slow,
     pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs Java 17"),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_http(url: str, process: subprocess.Popen, log: Path, timeout: float = 180) -> None:
@@ -56,32 +56,44 @@ def _stop(process: subprocess.Popen) -> int:
 
 
 @pytest.fixture
-def home(tmp_path: Path):
-    with state_folder(tmp_path / "state"):
-        yield tmp_path / "state"
+def state(tmp_path: Path):
+    """The TorchServe state folder, and its environment: TS_* addresses on free ports."""
+    with state_folder(tmp_path / "state") as env:
+        yield tmp_path / "state", env
 
 
-def test_compose_services_natively(tmp_path: Path, home: Path) -> None:
+def test_compose_services_natively(tmp_path: Path, state: tuple[Path, dict]) -> None:
+    home, state_env = state
     # exactly what CI gives the trainer: the demo config and its synthetic pictures
     services = compose_config(FIT_CONFIG="demo.yaml", DATA_SOURCE="data/synthetic")["services"]
     work = tmp_path / "trainer"
     work.mkdir()
-    port = _free_port()
-    mapping = {  # container paths and service names -> this machine; nothing else changes
+    (port,) = free_ports(1)
+    # container paths, service names and container ports -> this machine, as a port mapping
+    # would publish them: each container port on a free port here; nothing else changes
+    mapping = {
         "0.0.0.0": "127.0.0.1",
         "/mlartifacts": str(tmp_path / "mlartifacts"),
         "/app/": f"{settings.ROOT}/",
         "mlflow:5000": f"127.0.0.1:{port}",
         "--port=5000": f"--port={port}",
-        "torchserve:": "127.0.0.1:",
+        **{
+            f"torchserve:{container_port}": settings.address(kind).removeprefix("http://")
+            for kind, container_port in CONTAINER_PORTS.items()
+        },
     }
+    # the torchserve container listens on config.properties' ports inside its own network; here
+    # the same command line is told the free ones through the variables it reads (TS_*)
+    published = {k: v for k, v in state_env.items() if k.startswith("TS_") and v is not None}
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
 
     cmd, env = native(services["mlflow"], mapping, MLFLOW_BACKEND_STORE_URI=tracking_uri)
     assert cmd[:3] == ["python", "-m", "catsdogs_pl.mlflow_server"] and f"--port={port}" in cmd
     mlflow_log = tmp_path / "mlflow.log"
-    mlflow = subprocess.Popen(cmd, env=env, stdout=mlflow_log.open("w"), stderr=subprocess.STDOUT)
-    ts_cmd, ts_env = native(services["torchserve"], mapping, CATSDOGS_HOME=str(home))
+    mlflow = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=mlflow_log.open("w"), stderr=subprocess.STDOUT
+    )  # in a folder of its own, as in its container: never the checkout
+    ts_cmd, ts_env = native(services["torchserve"], mapping, CATSDOGS_HOME=str(home), **published)
     assert ts_cmd == ["python", "-m", "catsdogs_pl.serving.serve", "run"]
     home.mkdir()
     ts_log = tmp_path / "torchserve.log"
@@ -98,6 +110,7 @@ def test_compose_services_natively(tmp_path: Path, home: Path) -> None:
 
         cmd, env = native(services["trainer"], mapping, CATSDOGS_HOME=str(home))
         assert env["MLFLOW_TRACKING_URI"] == f"http://127.0.0.1:{port}"
+        assert env["TS_MANAGEMENT_ADDRESS"] == settings.address("management")
         trainer = subprocess.run(
             cmd, cwd=work, env=env, capture_output=True, text=True, timeout=900
         )
@@ -129,7 +142,8 @@ def test_compose_services_natively(tmp_path: Path, home: Path) -> None:
         assert _stop(torchserve) == 0
         assert not serve.is_up()
         torchserve = start_torchserve()
-        assert ts.wait_ready("1", timeout=180)["modelVersion"] == "1"
+        assert ts.wait_ready(timeout=180)["modelVersion"] == "1"  # v1 is the default again
+        assert [e["modelVersion"] for e in ts.describe("all")] == ["1"]
     finally:
         _stop(torchserve)
         _stop(mlflow)

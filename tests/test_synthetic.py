@@ -70,7 +70,7 @@ def test_draw_animal_is_deterministic_and_validates_label() -> None:
     two = draw_animal("dog", np.random.default_rng(3), size=40)
     assert one.mode == "RGB" and one.size == (40, 40)
     assert one.tobytes() == two.tobytes()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="got 'horse'"):
         draw_animal("horse", np.random.default_rng(0))
 
 

@@ -21,6 +21,7 @@ from catsdogs_pl import preprocessing
 from catsdogs_pl.data import cache, synthetic
 from catsdogs_pl.data.prepare import Settings, prepare
 from catsdogs_pl.data.split import SPLITS
+from catsdogs_pl.errors import MissingError
 
 
 class CachedImages(Dataset):
@@ -55,24 +56,18 @@ class CatsDogsDataModule(L.LightningDataModule):
         self,
         source: str = "data/synthetic",
         data_dir: str = "data/prepared",
-        image_size: int = 96,
+        settings: Settings = Settings(),
         batch_size: int = 64,
         num_workers: int = 2,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.1,
-        split_seed: int = 0,
         synthetic_per_class: int = 0,
         augment: bool = True,
     ) -> None:
-        """`synthetic_per_class` > 0 draws that many pictures per class into `source` first."""
+        """`settings` decide the prepared dataset (size, split), exactly as `python -m
+        catsdogs_pl.data prepare` takes them; `synthetic_per_class` > 0 draws that many pictures
+        per class into `source` first."""
         super().__init__()
         self.save_hyperparameters()
-        self.settings = Settings(
-            image_size=image_size,
-            val_fraction=val_fraction,
-            test_fraction=test_fraction,
-            split_seed=split_seed,
-        )
+        self.settings = settings
         self.datasets: dict[str, CachedImages] = {}
 
     @property
@@ -89,7 +84,7 @@ class CatsDogsDataModule(L.LightningDataModule):
     def _read(self, name: str) -> dict[str, Any]:
         path = self.out / name
         if not path.exists():
-            raise FileNotFoundError(
+            raise MissingError(
                 f"{path} is missing: call prepare_data() first (or `python -m catsdogs_pl.data "
                 f"prepare --source {self.hparams.source} --out {self.out}`)"
             )
@@ -112,7 +107,7 @@ class CatsDogsDataModule(L.LightningDataModule):
     def train_transform(self) -> v2.Compose:
         """Light augmentations on uint8 CHW tensors: a short CPU schedule underfits, so the
         model needs to fit more, not to be regularised harder."""
-        size = self.hparams.image_size
+        size = self.settings.image_size
         return v2.Compose(
             [
                 v2.RandomResizedCrop(size, scale=(0.7, 1.0), ratio=(0.85, 1.18), antialias=True),
@@ -126,13 +121,13 @@ class CatsDogsDataModule(L.LightningDataModule):
             return
         summary = self.summary
         # prepare_data() verified the checksums just now; here the key is enough
-        size = self.hparams.image_size
+        size = self.settings.image_size
         if problem := cache.check(self.out, summary["dataset_version"], size, verify=False):
             raise RuntimeError(f"{problem} (image_size={size}): call prepare_data() first")
         for split in SPLITS:
             augment = split == "train" and self.hparams.augment
             transform = self.train_transform() if augment else None
-            images, labels = cache.split_files(self.out, self.hparams.image_size, split)
+            images, labels = cache.split_files(self.out, self.settings.image_size, split)
             self.datasets[split] = CachedImages(images, labels, transform)
 
     def _loader(self, split: str, train: bool = False) -> DataLoader:

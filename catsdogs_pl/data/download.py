@@ -17,6 +17,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from catsdogs_pl.errors import CatsDogsError
+
 KAGGLE_URL = (
     "https://download.microsoft.com/download/3/E/1/3E1C3F21-ECDB-4869-8368-6DEBA77B919F/"
     "kagglecatsanddogs_5340.zip"
@@ -28,7 +30,7 @@ KAGGLE_SIZE: int | None = 824_887_076
 KAGGLE_SHA256: str | None = "b7974bd00a84a99921f36ee4403f089853777b5ae8d151c76a86e64900334af9"
 
 
-class DownloadError(RuntimeError):
+class DownloadError(CatsDogsError, RuntimeError):
     """A download failed or gave wrong bytes; the message says which file and what to do."""
 
 

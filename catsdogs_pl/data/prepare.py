@@ -25,6 +25,7 @@ from catsdogs_pl import preprocessing
 from catsdogs_pl.data import cache, sources
 from catsdogs_pl.data.cleaning import Record, inspect, reject_conflicts_and_duplicates
 from catsdogs_pl.data.split import SPLITS, assign_split, dataset_version
+from catsdogs_pl.errors import ConfigError
 
 log = logging.getLogger(__name__)
 MANIFEST_COLUMNS = [f.name for f in dataclasses.fields(Record)]
@@ -43,12 +44,12 @@ class Settings:
 
     def __post_init__(self) -> None:
         if not 16 <= self.image_size <= 1024:
-            raise ValueError(f"image_size={self.image_size}: use a size between 16 and 1024 px")
+            raise ConfigError(f"image_size={self.image_size}: use a size between 16 and 1024 px")
         if (
             min(self.val_fraction, self.test_fraction) < 0
             or self.val_fraction + self.test_fraction >= 1
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"val_fraction={self.val_fraction}, test_fraction={self.test_fraction}: "
                 "each must be >= 0 and together < 1"
             )

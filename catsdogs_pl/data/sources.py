@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
+from catsdogs_pl.errors import CatsDogsError
+
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 _COMPETITION_NAME = re.compile(r"^([A-Za-z]+)\.\d+\.\w+$")  # cat.0.jpg
 
 
-class SourceError(ValueError):
+class SourceError(CatsDogsError, ValueError):
     """The source cannot be used as a dataset; the message says what to fix."""
 
 

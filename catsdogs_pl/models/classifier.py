@@ -1,4 +1,4 @@
-"""`CatsDogsClassifier`: the LightningModule that owns loss, metrics and optimisation of BaselineCNN.
+"""`CatsDogsClassifier`: the LightningModule that owns loss, metrics and optimisation of a network.
 
 Metric keys are defined here once; callbacks, the MLflow summary and the tests import them.
 """
@@ -13,7 +13,7 @@ from torch import nn
 from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassF1Score
 
-from catsdogs_pl.models.cnn import BaselineCNN
+from catsdogs_pl.errors import ConfigError
 
 TRAIN_LOSS = "train/loss"
 TRAIN_ACC = "train/acc"
@@ -41,42 +41,34 @@ class CatsDogsClassifier(L.LightningModule):
 
     def __init__(
         self,
-        num_classes: int = 2,
-        width: int = 32,
-        depth: int = 4,
-        blocks_per_stage: int = 1,
-        dropout: float = 0.2,
-        flip_tta: bool = True,
+        net: nn.Module,
         lr: float = 3e-3,
         weight_decay: float = 0.05,
         label_smoothing: float = 0.1,
         warmup_fraction: float = 0.15,
         channels_last: bool = True,
     ) -> None:
-        """`channels_last` speeds convolutions on CPUs and tensor cores (see bench/)."""
+        """`net`: any classifier network with `num_classes` and `init_args` (BaselineCNN); the
+        configs name it as `model.net` with `class_path`/`init_args`, and its arguments are saved
+        with it (`init_args`), not here. `channels_last` speeds convolutions on CPUs and tensor
+        cores (see bench/)."""
         super().__init__()
-        self.save_hyperparameters()
-        self.net = BaselineCNN(num_classes, width, depth, blocks_per_stage, dropout, flip_tta)
-        if channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
+        self.save_hyperparameters(ignore=["net"])
+        self.net = net.to(memory_format=torch.channels_last) if channels_last else net
+        num_classes = net.num_classes
         self.loss = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_metrics = _metrics(num_classes, "val/")
         self.test_metrics = _metrics(num_classes, "test/")
         self.val_acc_best = MaxMetric()
 
-    @property
-    def architecture(self) -> dict[str, Any]:
-        """BaselineCNN's constructor arguments: enough to rebuild the network for serving."""
-        keys = ("num_classes", "width", "depth", "blocks_per_stage", "dropout", "flip_tta")
-        return {k: self.hparams[k] for k in keys}
-
     def setup(self, stage: str) -> None:
         classes = getattr(self.trainer.datamodule, "classes", None)
-        if classes is not None and len(classes) != self.hparams.num_classes:
-            raise ValueError(
-                f"model.num_classes={self.hparams.num_classes} but the data has {len(classes)} "
-                f"classes {classes}: set --model.num_classes={len(classes)}"
+        if classes is not None and len(classes) != self.net.num_classes:
+            raise ConfigError(
+                f"model.net.init_args.num_classes={self.net.num_classes} but the data has "
+                f"{len(classes)} classes {classes}: set "
+                f"--model.net.init_args.num_classes={len(classes)}"
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

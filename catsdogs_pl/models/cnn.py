@@ -37,7 +37,8 @@ class ResidualBlock(nn.Module):
 
 
 class BaselineCNN(nn.Module):
-    """Residual CNN for small images; every constructor argument is saved with the weights."""
+    """Residual CNN for small images; `init_args` (its constructor arguments) travel with the
+    weights, so serving rebuilds exactly this network."""
 
     def __init__(
         self,
@@ -54,7 +55,17 @@ class BaselineCNN(nn.Module):
                 f"num_classes={num_classes}, width={width}, depth={depth}, "
                 f"blocks_per_stage={blocks_per_stage}: need num_classes >= 2 and the rest >= 1"
             )
+        self.num_classes = num_classes
         self.flip_tta = flip_tta
+        # the one record of the architecture: the export writes it, the handler rebuilds from it
+        self.init_args = {
+            "num_classes": num_classes,
+            "width": width,
+            "depth": depth,
+            "blocks_per_stage": blocks_per_stage,
+            "dropout": dropout,
+            "flip_tta": flip_tta,
+        }
         layers: list[nn.Module] = [_conv_bn(3, width, stride=2), nn.ReLU(inplace=True)]
         c_in = width
         for stage in range(depth):

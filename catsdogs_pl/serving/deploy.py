@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import urllib.parse
 from pathlib import Path
 
 from catsdogs_pl import settings
+from catsdogs_pl.errors import run
 from catsdogs_pl.serving import torchserve as ts
-from catsdogs_pl.serving.package import add_version_arguments, package
+from catsdogs_pl.serving.package import add_version_arguments, mlflow_settings, package
+from catsdogs_pl.training.tracking import MlflowSettings
 
 
 def _save_history(history: list[str]) -> None:
@@ -56,9 +57,11 @@ def deploy(
     version: str | None = None,
     alias: str | None = None,
     run_id: str | None = None,
-    tracking_uri: str | None = None,
+    mlflow: MlflowSettings | None = None,
 ) -> str:
-    version, mar = package(version, alias, run_id, tracking_uri=tracking_uri)
+    """Package (if needed), register and make the default one version of `mlflow`'s registered
+    model (default: the fit config's); says what changed."""
+    version, mar = package(version, alias, run_id, mlflow=mlflow)
     previous = ts.default_version()
     registered = _register(version, mar)
     _set_default(version)
@@ -126,20 +129,16 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0].startswith("-"):
         add_version_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        if args.command == "rollback":
-            print(rollback())
-        elif args.command == "list":
-            print(listing())
-        elif args.command == "scale":
-            print(scale(args.workers))
-        else:
-            print(deploy(args.model_version, args.alias, args.run_id, args.tracking_uri))
-    except (ts.TorchServeError, LookupError, subprocess.CalledProcessError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.command == "rollback":
+        print(rollback())
+    elif args.command == "list":
+        print(listing())
+    elif args.command == "scale":
+        print(scale(args.workers))
+    else:
+        print(deploy(args.model_version, args.alias, args.run_id, mlflow_settings(args)))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run(main, sys.argv[1:]))

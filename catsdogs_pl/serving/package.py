@@ -18,6 +18,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from catsdogs_pl import settings
+from catsdogs_pl.errors import CatsDogsError, run
 from catsdogs_pl.training import export, tracking
 
 SOURCES = {  # file shipped in the .mar -> where it comes from
@@ -65,10 +66,18 @@ def build_mar(export_dir: Path, version: str, store: Path) -> Path:
             tmp,
             "--force",
         ]
-        subprocess.run(cmd, check=True, capture_output=True, text=True)
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise CatsDogsError(
+                f"torch-model-archiver failed on {export_dir}: {done.stderr[-2000:]}"
+            )
         target = store / settings.mar_name(version)
         shutil.move(Path(tmp) / f"{settings.MODEL_NAME}.mar", target)
     return target
+
+
+class NotRegisteredError(CatsDogsError, LookupError):
+    """The registry has no such version, alias or run."""
 
 
 def resolve_version(
@@ -88,13 +97,17 @@ def resolve_version(
             found = client.search_model_versions(query)
             if not found:
                 where = f"run {run_id} has" if run_id else "the registry has"
-                raise LookupError(f"{where} no registered version of '{name}': run fit first")
+                raise NotRegisteredError(
+                    f"{where} no registered version of '{name}': run fit first"
+                )
             mv = max(found, key=lambda v: int(v.version))
         else:
             mv = client.get_model_version(name, str(version))
     except MlflowException as exc:
         wanted = f"alias '{alias}'" if alias else f"version {version}"
-        raise LookupError(f"registered model '{name}' has no {wanted} ({exc.message})") from exc
+        raise NotRegisteredError(
+            f"registered model '{name}' has no {wanted} ({exc.message})"
+        ) from exc
     return str(mv.version), mv.run_id  # MLflow 3 returns int versions; TorchServe strings
 
 
@@ -103,16 +116,18 @@ def package(
     alias: str | None = None,
     run_id: str | None = None,
     export_dir: Path | None = None,
-    tracking_uri: str | None = None,
+    mlflow: tracking.MlflowSettings | None = None,
     force: bool = False,
 ) -> tuple[str, Path]:
-    """Build (or reuse) the archive of one version; returns (version, .mar path)."""
+    """Build (or reuse) the archive of one version of `mlflow.registered_model` (default: the
+    fit config's); returns (version, .mar path)."""
     store = settings.model_store()
     if export_dir is not None:
         version = version or "1"
         return version, build_mar(Path(export_dir), version, store)
-    client = MlflowClient(tracking.resolve_tracking_uri(tracking_uri))
-    version, run_id = resolve_version(client, settings.MODEL_NAME, version, alias, run_id)
+    mlflow = mlflow or tracking.MlflowSettings.from_config()
+    client = MlflowClient(tracking.resolve_tracking_uri(mlflow.tracking_uri))
+    version, run_id = resolve_version(client, mlflow.registered_model, version, alias, run_id)
     target = store / settings.mar_name(version)
     if target.exists() and not force:
         return version, target
@@ -122,12 +137,32 @@ def package(
 
 
 def add_version_arguments(parser: argparse.ArgumentParser) -> None:
-    """--model-version / --alias / --run-id, shared by package and deploy."""
+    """--model-version / --alias / --run-id, --config and --tracking-uri, shared by package and
+    deploy."""
     which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--model-version", help="registered version N of 'catsdogs', or 'latest'")
+    which.add_argument("--model-version", help="registered version N, or 'latest'")
     which.add_argument("--alias", help="a registry alias, e.g. champion")
     which.add_argument("--run-id", help="the MLflow run that registered the version")
-    parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else the home store")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=tracking.FIT_CONFIG,
+        help="the fit config whose mlflow section names the registered model and the store "
+        "(default: configs/fit.yaml)",
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        help="default: the config's mlflow.tracking_uri, else $MLFLOW_TRACKING_URI, else the "
+        "home store",
+    )
+
+
+def mlflow_settings(args: argparse.Namespace) -> tracking.MlflowSettings:
+    """The config's mlflow section with --tracking-uri on top."""
+    found = tracking.MlflowSettings.from_config(args.config)
+    if args.tracking_uri:
+        found.tracking_uri = args.tracking_uri
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,21 +173,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export-dir", type=Path, help="a local servable export folder instead")
     parser.add_argument("--force", action="store_true", help="rebuild an existing archive")
     args = parser.parse_args(argv)
-    try:
-        version, path = package(
-            args.model_version,
-            args.alias,
-            args.run_id,
-            args.export_dir,
-            args.tracking_uri,
-            args.force,
-        )
-    except (LookupError, FileNotFoundError, subprocess.CalledProcessError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    version, path = package(
+        args.model_version,
+        args.alias,
+        args.run_id,
+        args.export_dir,
+        None if args.export_dir else mlflow_settings(args),
+        args.force,
+    )
     print(f"version {version}: {path}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from catsdogs_pl import settings
+from catsdogs_pl.errors import run
 from catsdogs_pl.serving import torchserve as ts
 
 
@@ -44,15 +45,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{image}: no such file", file=sys.stderr)
             failed += 1
             continue
-        try:
-            status, answer = predict(image, args.url, args.model_version)
-        except ts.TorchServeError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+        status, answer = predict(image, args.url, args.model_version)  # unreachable: exit 2
         print(describe(image, status, answer))
         failed += status != 200
     return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

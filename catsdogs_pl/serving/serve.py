@@ -22,7 +22,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from catsdogs_pl import settings
+from catsdogs_pl import errors, settings
 from catsdogs_pl.serving import torchserve as ts
 
 METRICS_CONFIG = settings.ROOT / "configs" / "torchserve" / "metrics.yaml"
@@ -72,9 +72,13 @@ def start(mar: Path | None = None, timeout: float = 120) -> str:
         return "TorchServe is already running"
     cmd, env, home = _prepare(mar)
     # no pipes: the Java server inherits them and would keep run() waiting forever
-    subprocess.run(
-        cmd, cwd=home, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    launched = subprocess.run(
+        cmd, cwd=home, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
     )
+    if launched.returncode != 0:
+        raise ts.TorchServeError(
+            f"`{' '.join(cmd)}` exited {launched.returncode}: see {home / 'logs'}/ts_log.log"
+        )
     deadline = time.monotonic() + timeout
     while not (home / ts.KEY_FILE).exists() or not is_up():
         if time.monotonic() > deadline:
@@ -208,24 +212,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=("start", "run", "stop", "status", "ready"))
     parser.add_argument("--mar", type=Path, help="start with this archive from the model store")
     args = parser.parse_args(argv)
-    try:
-        if args.command == "start":
-            print(start(args.mar))
-        elif args.command == "run":
-            return run()
-        elif args.command == "ready":
-            ok, message = ready()
-            print(message)
-            return 0 if ok else 1
-        elif args.command == "stop":
-            print(stop())
-        else:
-            print(status())
-    except (ts.TorchServeError, subprocess.CalledProcessError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.command == "start":
+        print(start(args.mar))
+    elif args.command == "run":
+        return run()
+    elif args.command == "ready":
+        ok, message = ready()
+        print(message)
+        return 0 if ok else 1
+    elif args.command == "stop":
+        print(stop())
+    else:
+        print(status())
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(errors.run(main))

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from catsdogs_pl import settings
+from catsdogs_pl.errors import run
 from catsdogs_pl.serving import torchserve as ts
 
 SAMPLE = Path(__file__).parents[1] / "assets" / "sample-cat.jpg"
@@ -25,7 +26,7 @@ LABELS = ("cat", "dog")
 
 
 class SmokeFailure(RuntimeError):
-    """One smoke check failed; the message names it."""
+    """One smoke check failed; the message names it. A verdict (exit 1), not a usage error."""
 
 
 def _expect(ok: bool, message: str) -> None:
@@ -92,4 +93,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from catsdogs_pl import settings
+from catsdogs_pl.errors import CatsDogsError
 
 KEY_FILE = "key_file.json"
 
 
-class TorchServeError(RuntimeError):
+class TorchServeError(CatsDogsError, RuntimeError):
     """A TorchServe call failed; the message has the status and TorchServe's own words."""
 
 

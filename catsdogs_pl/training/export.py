@@ -1,7 +1,7 @@
 """The servable export: everything TorchServe needs, nothing it must unpickle.
 
 `weights.pt` is a plain state_dict (loadable with `weights_only=True`), `architecture.json` holds
-BaselineCNN's constructor arguments, and `preprocessing.json` / `index_to_name.json` come from the
+the network's own constructor arguments (`BaselineCNN.init_args`), and `preprocessing.json` / `index_to_name.json` come from the
 DataModule, so serving cannot drift from training.
 """
 
@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from catsdogs_pl.errors import MissingError
 from catsdogs_pl.models.cnn import BaselineCNN
 
 WEIGHTS = "weights.pt"
@@ -22,14 +23,12 @@ INDEX_TO_NAME = "index_to_name.json"
 FILES = (WEIGHTS, ARCHITECTURE, PREPROCESSING, INDEX_TO_NAME)
 
 
-def export(
-    net: BaselineCNN, architecture: dict[str, Any], preprocessing: dict[str, Any], out: Path
-) -> Path:
+def export(net: BaselineCNN, preprocessing: dict[str, Any], out: Path) -> Path:
     """Write the four servable files into `out` and return it."""
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     torch.save(state, out / WEIGHTS)
-    (out / ARCHITECTURE).write_text(json.dumps(architecture, indent=2))
+    (out / ARCHITECTURE).write_text(json.dumps(net.init_args, indent=2))
     (out / PREPROCESSING).write_text(json.dumps(preprocessing, indent=2))
     names = {str(i): name for i, name in enumerate(preprocessing["classes"])}
     (out / INDEX_TO_NAME).write_text(json.dumps(names, indent=2))
@@ -40,7 +39,7 @@ def load(folder: Path) -> tuple[BaselineCNN, dict[str, Any]]:
     """Rebuild the network in eval mode from an export folder; no pickled code is executed."""
     missing = [name for name in FILES if not (folder / name).exists()]
     if missing:
-        raise FileNotFoundError(f"{folder} is not a servable export: missing {', '.join(missing)}")
+        raise MissingError(f"{folder} is not a servable export: missing {', '.join(missing)}")
     net = BaselineCNN(**json.loads((folder / ARCHITECTURE).read_text()))
     net.load_state_dict(torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True))
     return net.eval(), json.loads((folder / PREPROCESSING).read_text())

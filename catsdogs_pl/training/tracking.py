@@ -13,17 +13,22 @@ import platform
 import subprocess
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import mlflow
+import yaml
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from catsdogs_pl import settings
+from catsdogs_pl.errors import ConfigError, MissingError, UnreachableError
 
 CHAMPION = "champion"
+
+
+FIT_CONFIG = settings.ROOT / "configs" / "fit.yaml"
 
 
 @dataclass
@@ -33,6 +38,20 @@ class MlflowSettings:
     experiment: str = "catsdogs"
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else $CATSDOGS_HOME/mlflow.db
     registered_model: str = "catsdogs"
+
+    @classmethod
+    def from_config(cls, path: Path = FIT_CONFIG) -> MlflowSettings:
+        """The `mlflow:` section of a fit config, so the commands after `fit` (package, deploy)
+        look in the store and under the registered model that fit wrote to."""
+        try:
+            config = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError as exc:
+            raise MissingError(f"--config {path}: no such fit config") from exc
+        section = config.get("mlflow") or {}
+        unknown = set(section) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"{path}: unknown mlflow settings {sorted(unknown)}")
+        return cls(**section)
 
 
 def default_tracking_uri() -> str:
@@ -57,7 +76,7 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
             response.read()
     except (urllib.error.URLError, OSError) as exc:
-        raise ConnectionError(
+        raise UnreachableError(
             f"MLflow tracking server {uri} is unreachable ({exc}): start it, or unset "
             f"MLFLOW_TRACKING_URI / --mlflow.tracking_uri to use the local {default_tracking_uri()}"
         ) from exc

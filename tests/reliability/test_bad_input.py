@@ -17,9 +17,8 @@ from PIL import Image
 
 from catsdogs_pl import settings
 from catsdogs_pl.serving import torchserve as ts
-from tests.conftest import image_bytes
-from tests.serving import worker_pids
-from tests.test_preprocessing import png_claiming
+from tests.helpers.images import image_bytes, png_claiming
+from tests.helpers.serving import SessionTorchServe, worker_pids
 
 pytestmark = pytest.mark.integration
 
@@ -138,13 +137,15 @@ CASES: dict[str, tuple[str, str, Callable[[], tuple[bytes, str]], int]] = {
 
 
 @pytest.fixture(scope="module")
-def workers_before(served):
-    ts.wait_ready()
-    return worker_pids()
+def workers_before(torchserve: SessionTorchServe) -> dict[str, int]:
+    """The workers as this module starts: the last test finds the same ones."""
+    with torchserve.environment():
+        torchserve.serving_only("1")
+        return worker_pids()
 
 
 @pytest.mark.parametrize("kind", list(CASES))
-def test_bad_input_kind(kind: str, workers_before: dict[str, int], report) -> None:
+def test_bad_input_kind(kind: str, workers_before: dict[str, int], served, report) -> None:
     method, path, build, expected = CASES[kind]
     body, content_type = build()
     data = body if method == "POST" else None
@@ -163,7 +164,7 @@ def test_bad_input_kind(kind: str, workers_before: dict[str, int], report) -> No
         assert len(response.body) > 10, f"{kind}: a {response.status} without a message"
 
 
-def test_body_over_max_request_size(workers_before: dict[str, int], report) -> None:
+def test_body_over_max_request_size(workers_before: dict[str, int], served, report) -> None:
     """TorchServe answers 413 as soon as it reads a Content-Length over max_request_size (10 MB),
     before the body: a client that waits for the answer (curl does) gets it, not a reset."""
     url = urllib.parse.urlsplit(settings.address("inference"))
@@ -179,7 +180,7 @@ def test_body_over_max_request_size(workers_before: dict[str, int], report) -> N
     conn.close()
 
 
-def test_no_worker_restarted_and_still_ready(workers_before: dict[str, int]) -> None:
+def test_no_worker_restarted_and_still_ready(workers_before: dict[str, int], served) -> None:
     assert worker_pids() == workers_before  # same worker ids, same processes
     entry = ts.wait_ready(timeout=5)
     assert ts.ready_workers(entry) == len(workers_before)

@@ -14,9 +14,8 @@ import pytest
 
 from catsdogs_pl import settings
 from catsdogs_pl.serving import torchserve as ts
-from tests.reliability.conftest import mar_path
-from tests.reliability.load import photos, run_load
-from tests.serving import worker_pids
+from tests.helpers.load import photos, run_load
+from tests.helpers.serving import mar_path, worker_pids
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -24,7 +23,7 @@ CLIENTS = 16
 
 
 @pytest.fixture(scope="module")
-def images(served):
+def images():
     return photos()
 
 
@@ -33,7 +32,7 @@ def _wait_all(threads) -> None:
         t.join(timeout=120)
 
 
-def test_sixteen_clients_for_a_minute(images, report) -> None:
+def test_sixteen_clients_for_a_minute(images, served, report) -> None:
     pictures, what = images
     ts.wait_ready()
     load, threads = run_load(CLIENTS, 60.0, pictures)
@@ -45,7 +44,7 @@ def test_sixteen_clients_for_a_minute(images, report) -> None:
     assert figures["requests"] > CLIENTS * 10
 
 
-def test_worker_killed_under_load(images, report) -> None:
+def test_worker_killed_under_load(images, served, report) -> None:
     pictures, _ = images
     entry = ts.wait_ready()
     expected = len(entry["workers"])
@@ -79,7 +78,7 @@ def test_worker_killed_under_load(images, report) -> None:
     assert not load.failed(since=killed_at + recovered), "failures after recovery"
 
 
-def test_new_version_swapped_in_under_load(images, report) -> None:
+def test_new_version_swapped_in_under_load(images, served, report) -> None:
     pictures, _ = images
     ts.wait_ready()
     load, threads = run_load(CLIENTS, 45.0, pictures)
@@ -125,7 +124,7 @@ def _corrupt(kind: str, version: str) -> str:
 
 
 @pytest.mark.parametrize("kind", ["not a zip", "weights missing", "handler broken"])
-def test_corrupt_archive_is_refused_and_v1_keeps_serving(kind: str, images, report) -> None:
+def test_corrupt_archive_is_refused_and_v1_keeps_serving(kind: str, images, served, report) -> None:
     pictures, _ = images
     before = worker_pids()
     version = {"not a zip": "7", "weights missing": "8", "handler broken": "9"}[kind]

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from catsdogs_pl import settings
 from catsdogs_pl.data import cache
-from tests.test_fit import ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -24,13 +24,13 @@ EPOCHS = 8
 def _fit(tmp_path: Path, *extra: str) -> subprocess.Popen:
     args = [
         "--config",
-        str(ROOT / "configs" / "demo.yaml"),
+        str(settings.ROOT / "configs" / "demo.yaml"),
         f"--data.source={tmp_path / 'synthetic'}",
         "--data.synthetic_per_class=150",
         f"--data.data_dir={tmp_path / 'prepared'}",
-        "--data.image_size=48",
-        "--model.width=8",
-        "--model.depth=2",
+        "--data.settings.image_size=48",
+        "--model.net.init_args.width=8",
+        "--model.net.init_args.depth=2",
         f"--trainer.max_epochs={EPOCHS}",
         "--early_stopping_patience=100",
         "--trainer.enable_progress_bar=false",

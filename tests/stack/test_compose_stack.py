@@ -13,10 +13,13 @@ CATSDOGS_STACK_GRAFANA=1 (it has no image on machines without a registry; the wo
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -28,7 +31,7 @@ from mlflow import MlflowClient
 
 from catsdogs_pl import settings
 from catsdogs_pl.serving import torchserve as ts
-from tests.deployment import COMPOSE_FILE, compose_binary, run_smoke
+from tests.helpers.deployment import COMPOSE_FILE, compose_binary, run_smoke
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -42,6 +45,11 @@ SERVICES = ["postgres", "mlflow", "prometheus", "torchserve"]
 if os.environ.get("CATSDOGS_STACK_GRAFANA") == "1":
     SERVICES.append("grafana")
 PORTS = (5000, 5432, 8001, 8081, 8082, 8083, 9090)
+# The stack binds fixed host ports (host networking) and uses one compose project and one image
+# tag: two runs at once on one machine (two clones, two `make test`) would take each other's
+# ports, containers and volumes. Free ports would mean a compose file of their own for the test,
+# so instead the whole stack fixture holds this machine-wide lock: concurrent runs take turns.
+LOCK = Path(tempfile.gettempdir()) / "catsdogs-stack-test.lock"
 
 
 def _engine_problem() -> str | None:
@@ -50,6 +58,17 @@ def _engine_problem() -> str | None:
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"docker: {exc}"
     return None if info.returncode == 0 else info.stderr.strip()[-300:]
+
+
+@contextlib.contextmanager
+def _one_stack_at_a_time() -> Iterator[None]:
+    """LOCK held for the block (fcntl.flock: released by the kernel if the holder dies)."""
+    with open(LOCK, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # waits while another run's stack test runs
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _answers(port: int) -> bool:
@@ -126,6 +145,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory, report) -> Iterator[Stack]:
             f"no Docker engine answers ({problem}); where no registry is reachable, "
             'eval "$(../shared/tools/docker-here.sh --standins)" starts one'
         )
+    with _one_stack_at_a_time():
+        yield from _stack(tmp_path_factory, report)
+
+
+def _stack(tmp_path_factory: pytest.TempPathFactory, report) -> Iterator[Stack]:
     busy = [p for p in PORTS if _answers(p)]
     assert not busy, f"ports {busy} are in use here: the stack's services bind them (host network)"
     home, data = tmp_path_factory.mktemp("stack-home"), tmp_path_factory.mktemp("stack-data")

@@ -17,18 +17,21 @@ import numpy as np
 from catsdogs_pl import settings
 from catsdogs_pl.data.synthetic import draw_animal
 from catsdogs_pl.serving import torchserve as ts
-from tests.conftest import SHARED_DATA
-
-SAMPLE = SHARED_DATA / "petimages-fullsize-sample.zip"
+from tests.helpers.shared_data import FULLSIZE_SAMPLE as SAMPLE
+from tests.helpers.shared_data import SAMPLE_DEFECTS, SAMPLE_PREFIX
 
 
 def photos(limit: int = 200) -> tuple[list[bytes], str]:
-    """Real photos from ../shared/data when present (the valid ones), else drawn animals of a
-    photo's size; and which of the two it is."""
+    """Real photos from ../shared/data when present (none of its defect files), else drawn
+    animals of a photo's size; and which of the two it is."""
     if SAMPLE.exists():
         with zipfile.ZipFile(SAMPLE) as zf:
             names = [
-                n for n in zf.namelist() if n.endswith(".jpg") and zf.getinfo(n).file_size > 20_000
+                n
+                for n in zf.namelist()
+                if n.endswith(".jpg")
+                and zf.getinfo(n).file_size > 20_000
+                and n.removeprefix(SAMPLE_PREFIX) not in SAMPLE_DEFECTS
             ]
             return [zf.read(n) for n in sorted(names)[:limit]], f"real photos from {SAMPLE.name}"
     rng = np.random.default_rng(0)

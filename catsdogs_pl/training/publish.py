@@ -1,0 +1,174 @@
+"""What a finished fit leaves in MLflow, one step per function: the data it saw, the evaluation
+plots, the servable export with the logged model, and the registry version with its alias.
+
+`publish` runs the steps in order on the best checkpoint's weights and returns a `FitSummary`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import mlflow
+import numpy as np
+import torch
+from mlflow import MlflowClient
+from mlflow.models.model import ModelInfo
+
+from catsdogs_pl.data.datamodule import CatsDogsDataModule
+from catsdogs_pl.models.classifier import (
+    TEST_ACC,
+    TRAIN_LOSS,
+    VAL_ACC,
+    VAL_LOSS,
+    CatsDogsClassifier,
+)
+from catsdogs_pl.training import export, plots, tracking
+
+
+@dataclass(frozen=True)
+class FitSummary:
+    """What one fit produced: where its run is and which registry version it became."""
+
+    run_id: str
+    tracking_uri: str
+    registered_model: str
+    version: str
+    champion_moved: bool
+    champion_reason: str
+    test_metrics: dict[str, float]
+
+    def report(self) -> str:
+        """The lines `fit` prints when it is done."""
+        lines = ["", "== catsdogs fit: done =="]
+        lines += [f"{k}: {v:.4f}" for k, v in sorted(self.test_metrics.items())]
+        lines += [
+            f"MLflow run: {self.run_id}  ({self.tracking_uri})",
+            f"registered: {self.registered_model} version {self.version}",
+            f"champion alias moved: {'yes' if self.champion_moved else 'no'} "
+            f"({self.champion_reason})",
+            f"UI: mlflow ui --backend-store-uri {self.tracking_uri}",
+        ]
+        return "\n".join(lines)
+
+
+def log_data(client: MlflowClient, run_id: str, dm: CatsDogsDataModule) -> None:
+    """The dataset version as a param and the prepared data's summary as an artifact."""
+    summary = dm.summary
+    client.log_param(run_id, "data/dataset_version", summary["dataset_version"])
+    client.log_dict(run_id, summary, "data/summary.json")
+
+
+def predict_test(
+    model: CatsDogsClassifier, dm: CatsDogsDataModule
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Test images, targets and class probabilities in dataset order: the DataModule's predict
+    batches and normalisation, the module's own `predict_step`. In this process alone, not
+    through a Trainer: under DDP rank 0 publishes by itself, and `Trainer.predict` would wait at
+    a barrier for ranks that are gone."""
+    model.eval()
+    probs = []
+    with torch.inference_mode():
+        for i, batch in enumerate(dm.predict_dataloader()):
+            batch = dm.on_after_batch_transfer(
+                model.transfer_batch_to_device(batch, model.device, 0), 0
+            )
+            probs.append(model.predict_step(batch, i).float().cpu())
+    test = dm.datasets["test"]
+    return np.load(test.images_path, mmap_mode="r"), test.labels, torch.cat(probs).numpy()
+
+
+def log_evaluation_plots(
+    client: MlflowClient, run_id: str, model: CatsDogsClassifier, dm: CatsDogsDataModule
+) -> None:
+    """Learning curves from the run's history; confusion matrix, ROC and the most confident
+    mistakes on the test split."""
+    history = {
+        k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)]
+        for k in (TRAIN_LOSS + "_epoch", VAL_LOSS, VAL_ACC)
+    }
+    images, targets, probs = predict_test(model, dm)
+    classes = dm.classes
+    figures = {
+        "learning_curves": plots.learning_curves(history),
+        "confusion_matrix": plots.confusion_matrix(targets, probs.argmax(1), classes),
+        "roc_curve": plots.roc_curve(targets, probs[:, 1], classes[1]),
+        "confident_mistakes": plots.confident_mistakes(images, targets, probs, classes),
+    }
+    for name, fig in figures.items():
+        client.log_figure(run_id, fig, f"plots/{name}.png")
+        plots.plt.close(fig)
+
+
+def log_servable(
+    client: MlflowClient,
+    run_id: str,
+    tracking_uri: str,
+    net: torch.nn.Module,
+    dm: CatsDogsDataModule,
+) -> ModelInfo:
+    """The servable export (what `package` archives) and the network as an MLflow model (what
+    the registry version points at)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = export.export(net, dm.preprocessing, Path(tmp))
+        client.log_artifacts(run_id, str(folder), "servable")
+    size = dm.settings.image_size
+    example = np.zeros((2, 3, size, size), dtype=np.float32)  # batch 1 would be specialised
+    mlflow.set_tracking_uri(tracking_uri)
+    with mlflow.start_run(run_id=run_id):
+        return mlflow.pytorch.log_model(net.cpu().eval(), name="model", input_example=example)
+
+
+def register(
+    client: MlflowClient,
+    run_id: str,
+    registered_model: str,
+    info: ModelInfo,
+    net: torch.nn.Module,
+    dm: CatsDogsDataModule,
+    metrics: dict[str, float],
+) -> tuple[str, bool, str]:
+    """A new registry version tagged with what makes it comparable; the champion alias moves to
+    it when it earned it. Returns (version, alias moved, why)."""
+    data = dm.summary
+    tags = {
+        "dataset_version": data["dataset_version"],
+        "git_commit": tracking.git_commit(),
+        TEST_ACC: f"{metrics[TEST_ACC]:.6f}",
+    }
+    description = (
+        f"{type(net).__name__} {getattr(net, 'init_args', {})} at {dm.settings.image_size}px; "
+        f"{TEST_ACC}={metrics[TEST_ACC]:.4f} on dataset {data['dataset_version']} "
+        f"({data['splits']['test']['total']} test images); servable export in "
+        f"runs:/{run_id}/servable"
+    )
+    version = tracking.register(
+        client, registered_model, info.model_uri, run_id, tags, description, info.model_id
+    )
+    moved, reason = tracking.update_champion(client, registered_model, version, TEST_ACC)
+    return str(version.version), moved, reason
+
+
+def publish(
+    trainer: L.Trainer,
+    model: CatsDogsClassifier,
+    dm: CatsDogsDataModule,
+    settings: tracking.MlflowSettings,
+    tracking_uri: str,
+) -> FitSummary:
+    """Every step above for the tested best checkpoint of `trainer`'s run."""
+    run_id = trainer.logger.run_id
+    client = MlflowClient(tracking_uri)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+    log_data(client, run_id, dm)
+    client.log_artifact(run_id, trainer.checkpoint_callback.best_model_path, "checkpoints")
+    log_evaluation_plots(client, run_id, model, dm)
+    info = log_servable(client, run_id, tracking_uri, model.net, dm)
+    version, moved, reason = register(
+        client, run_id, settings.registered_model, info, model.net, dm, metrics
+    )
+    return FitSummary(
+        run_id, tracking_uri, settings.registered_model, version, moved, reason, metrics
+    )
