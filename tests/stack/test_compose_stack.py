@@ -122,8 +122,19 @@ class Stack:
         cmd = ["python", "-m", "catsdogs_pl.serving.deploy", *args]
         return self.compose("run", "--rm", "--no-deps", "trainer", *cmd)
 
-    def wait_healthy(self, *services: str) -> None:
-        self.compose("up", "-d", "--no-build", "--wait", "--wait-timeout", "300", *services)
+    def wait_healthy(self, *services: str, timeout: float = 300) -> None:
+        """Up, then polled until each health check passes. Not `up --wait`: it gives up at once
+        on a container that is `unhealthy` now, and TorchServe is unhealthy until its first
+        deployment whenever the training outlasts the 120 s start period (a loaded machine),
+        although its next check after the deployment passes."""
+        self.compose("up", "-d", "--no-build", *services)
+        deadline = time.monotonic() + timeout
+        for service in services:
+            while (
+                health := self.inspect(service, "{{.State.Health.Status}}").strip()
+            ) != "healthy":
+                assert time.monotonic() < deadline, f"{service} still {health} after {timeout} s"
+                time.sleep(2)
         self.copy_key()
 
     def copy_key(self) -> None:
