@@ -110,6 +110,7 @@ class CatsDogsHandler:
         from ts.metrics.metric_type_enum import MetricTypes
 
         start = time.perf_counter()
+        version = [Dimension("model_version", self.version)]  # every metric says who answered
         results: list[dict[str, Any]] = [{} for _ in data]
         good: list[int] = []
         images: list[np.ndarray] = []
@@ -120,7 +121,7 @@ class CatsDogsHandler:
             except BadImage as exc:
                 results[i] = {"error": exc.reason, "message": exc.detail}
                 context.set_response_status(400, f"{exc.reason}: {exc.detail}", idx=i)
-                dims = [Dimension("Reason", exc.reason)]
+                dims = [Dimension("Reason", exc.reason), *version]
                 context.metrics.add_counter("CatsDogsRejectedInputs", 1, idx=i, dimensions=dims)
         decoded = time.perf_counter()
         if images:
@@ -132,18 +133,18 @@ class CatsDogsHandler:
                     "probabilities": {c: round(v, 6) for c, v in zip(self.classes, p, strict=True)},
                     "model_version": self.version,
                 }
-                dims = [Dimension("Label", label)]
+                dims = [Dimension("Label", label), *version]
                 context.metrics.add_counter("CatsDogsPredictions", 1, idx=i, dimensions=dims)
         done = time.perf_counter()
         idx = good[0] if good else 0
         context.metrics.add_time(
-            "CatsDogsPreprocessTime", (decoded - start) * 1e3, idx=idx, dimensions=[]
+            "CatsDogsPreprocessTime", (decoded - start) * 1e3, idx=idx, dimensions=version
         )
         context.metrics.add_time(
-            "CatsDogsInferenceTime", (done - decoded) * 1e3, idx=idx, dimensions=[]
+            "CatsDogsInferenceTime", (done - decoded) * 1e3, idx=idx, dimensions=version
         )
         for i in range(len(data)):  # a histogram, for latency percentiles in Prometheus
             context.metrics.add_metric(
-                "CatsDogsHandlerSeconds", done - start, "s", i, [], MetricTypes.HISTOGRAM
+                "CatsDogsHandlerSeconds", done - start, "s", i, version, MetricTypes.HISTOGRAM
             )
         return results

@@ -50,6 +50,24 @@ def test_versions_predict_default_and_rollback(blank_torchserve: Path, tmp_path:
     assert "* v1" in listing and "  v2" in listing
 
 
+def test_handler_metrics_name_the_version_that_answered(blank_torchserve: Path) -> None:
+    deploy.deploy(version="1")
+    deploy.deploy(version="2")  # the default: /predictions/catsdogs is answered by v2
+    assert send(image_bytes(11, (64, 64))).status == 200
+    path = "/predictions/catsdogs/1"
+    octet = {"Content-Type": "application/octet-stream"}
+    answer = ts.call("inference", "POST", path, image_bytes(12, (64, 64)), octet)
+    assert answer.status == 200 and answer.json()["model_version"] == "1"
+    text = ts.call("metrics", "GET", "/metrics").body.decode()
+    ours = [line for line in text.splitlines() if line.startswith("CatsDogs")]
+    for version in ("1", "2"):
+        for metric in ("CatsDogsPredictions{", "CatsDogsHandlerSeconds_count{"):
+            assert any(
+                line.startswith(metric) and f'model_version="{version}"' in line for line in ours
+            ), (metric, version, ours)
+    assert not any('model_version="default"' in line for line in ours), ours
+
+
 def test_rollback_after_a_restart(blank_torchserve: Path, tmp_path: Path) -> None:
     deploy.deploy(version="1")
     deploy.deploy(version="2")
