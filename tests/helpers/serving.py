@@ -8,7 +8,6 @@ import importlib
 import shutil
 import sys
 import tempfile
-import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from mlflow import MlflowClient
 
 from catsdogs_pl import preprocessing, settings
 from catsdogs_pl.models.cnn import BaselineCNN
-from catsdogs_pl.serving import package, serve
+from catsdogs_pl.serving import deploy, package, serve
 from catsdogs_pl.serving import torchserve as ts
 from catsdogs_pl.training import export, tracking
 from tests.helpers.ports import torchserve_ports
@@ -198,18 +197,11 @@ class SessionTorchServe:
         for v in self.VERSIONS:
             package.package(v)  # reuses an archive that is there
         registered = {e["modelVersion"] for e in ts.describe("all")}
-        if version not in registered:
-            name = mar_path(version).name
-            query = urllib.parse.urlencode(
-                {"url": name, "model_name": settings.MODEL_NAME, "synchronous": "true"}
-            )
-            ts.check(ts.call("management", "POST", f"/models?{query}", timeout=300), "register")
+        deploy._register(version, mar_path(version))  # as deploy does it: registered, READY
         if ts.default_version() != version:
-            path = f"/models/{settings.MODEL_NAME}/{version}/set-default"
-            ts.check(ts.call("management", "PUT", path), f"set-default v{version}")
+            deploy._set_default(version)
         for other in sorted(registered - {version}):
             self._unregister(other)
-        ts.wait_ready(version)
         found = ts.describe("all")
         assert [e["modelVersion"] for e in found] == [version], found
 
