@@ -54,11 +54,11 @@ def ts_properties(path: Path = TS_CONFIG) -> dict[str, str]:
     return props
 
 
-ADDRESS_KINDS = ("inference", "management", "metrics", "worker_metrics")
+ADDRESS_KINDS = ("inference", "management", "metrics", "worker_metrics", "monitor")
 
 
 def address(kind: str, bind: bool = False) -> str:
-    """'inference', 'management', 'metrics' or 'worker_metrics' base URL. TS_INFERENCE_ADDRESS
+    """'inference', 'management', 'metrics', 'worker_metrics' or 'monitor' base URL. TS_INFERENCE_ADDRESS
     and friends override config.properties, for TorchServe (enable_envvars_config=true) and for us
     alike; CATSDOGS_BIND_HOST (0.0.0.0 in the serve image, where 127.0.0.1 would reach nothing)
     replaces the host of the addresses they leave alone. A client reaches a server bound to

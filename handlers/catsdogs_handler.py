@@ -1,12 +1,19 @@
 """TorchServe handler for catsdogs: one bad upload gets its own 400, never a 503 for the batch.
 
 Everything it loads sits inside the `.mar`: `weights.pt` (a state_dict, read with weights_only=True),
-`architecture.json`, `preprocessing.json`, `index_to_name.json`, and the two source files copied from
-the training code, `catsdogs_cnn.py` (the network) and `catsdogs_preprocessing.py` (decode, resize,
-normalise). Serving therefore runs the very code that built the training cache.
+`architecture.json`, `preprocessing.json`, `index_to_name.json`, `reference.json` (what the
+monitor compares with) and the source files copied from the training code: `catsdogs_cnn.py` (the
+network), `catsdogs_preprocessing.py` (decode, resize, normalise) and `catsdogs_stats.py` (the input
+and prediction statistics). Serving therefore runs the very code that built the training cache and
+the training reference.
 
 Accepted bodies: raw image bytes, multipart (field `data` or `file`), JSON `{"data": "<base64>"}`
 and base64 text. Answer per image: `{"label", "probabilities", "model_version"}`.
+
+Statistics of every accepted image and prediction are counted in the worker and emitted as the
+`CatsDogsStatistic_bucket` counters by a thread every `statistics_flush_s` seconds (model-config.yaml;
+0: at the end of every batch), so that a request pays for a few array reductions, not for dozens of
+metric lines.
 """
 
 from __future__ import annotations
@@ -14,11 +21,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import catsdogs_preprocessing as preprocessing
+import catsdogs_stats as stats
 import numpy as np
 import torch
 from catsdogs_cnn import BaselineCNN
@@ -90,20 +99,58 @@ class CatsDogsHandler:
             "min_side": int(config.get("min_side", self.pre["min_side"])),
             "max_pixels": int(config.get("max_pixels", self.pre["max_pixels"])),
         }
+        self.flush_s = float(config.get("statistics_flush_s", 5))
+        self.pending = self._no_counts()
+        self.lock = threading.Lock()
+        self.flusher: threading.Thread | None = None
         self.initialized = True
 
-    def decode(self, row: dict[str, Any]) -> np.ndarray:
-        """One request to a uint8 HWC array, or BadImage naming what is wrong."""
+    @staticmethod
+    def _no_counts() -> dict[str, np.ndarray]:
+        return {name: np.zeros(len(e) + 1, np.int64) for name, e in stats.EDGES.items()}
+
+    def decode(self, row: dict[str, Any]) -> tuple[np.ndarray, tuple[int, int]]:
+        """One request to a uint8 HWC array and the uploaded (width, height), or BadImage naming
+        what is wrong. Opened, measured and decoded as cleaning does for the training data."""
         data = _payload(row)
         if len(data) > self.max_bytes:
             raise BadImage("too_large", f"{len(data)} bytes is over the {self.max_bytes} limit")
-        return preprocessing.load_rgb(data, self.pre["image_size"], **self.limits)
+        img = preprocessing.open_image(data, **self.limits)
+        return preprocessing.decode(img, self.pre["image_size"]), img.size
 
     def predict(self, images: list[np.ndarray]) -> torch.Tensor:
         batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
         x = preprocessing.normalize(batch, tuple(self.pre["mean"]), tuple(self.pre["std"]))
         with torch.inference_mode():
             return self.net(x).softmax(-1)
+
+    def observe(self, images: list[np.ndarray], sizes: list[tuple[int, int]], probs: Any) -> None:
+        """Count the statistics of accepted images and their predictions into `pending`."""
+        values = stats.image_statistics(np.stack(images), np.array(sizes))
+        values.update(stats.prediction_statistics(probs))
+        found = stats.histograms(values)
+        with self.lock:
+            for name, counts in found.items():
+                self.pending[name] += counts
+
+    def flush(self, metrics: Any, version: list[Any]) -> None:
+        """Emit `pending` as cumulative `le` buckets (a Prometheus histogram) and reset it;
+        nothing when no image came since the last flush."""
+        from ts.metrics.dimension import Dimension
+
+        with self.lock:
+            pending, self.pending = self.pending, self._no_counts()
+        if not pending["confidence"].any():
+            return
+        for name, counts in pending.items():  # every bucket, zeros too: quantiles need them all
+            for le, count in zip(stats.le_labels(name), np.cumsum(counts).tolist(), strict=True):
+                dims = [Dimension("statistic", name), Dimension("le", le), *version]
+                metrics.add_counter(f"{stats.METRIC}_bucket", count, 0, dims)
+
+    def _flush_every(self, metrics: Any, version: list[Any]) -> None:
+        while True:
+            time.sleep(self.flush_s)
+            self.flush(metrics, version)
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[dict[str, Any]]:
         from ts.metrics.dimension import Dimension  # TorchServe's runtime, present in a worker
@@ -114,9 +161,12 @@ class CatsDogsHandler:
         results: list[dict[str, Any]] = [{} for _ in data]
         good: list[int] = []
         images: list[np.ndarray] = []
+        sizes: list[tuple[int, int]] = []
         for i, row in enumerate(data):
             try:
-                images.append(self.decode(row))
+                image, size = self.decode(row)
+                images.append(image)
+                sizes.append(size)
                 good.append(i)
             except BadImage as exc:
                 results[i] = {"error": exc.reason, "message": exc.detail}
@@ -125,8 +175,8 @@ class CatsDogsHandler:
                 context.metrics.add_counter("CatsDogsRejectedInputs", 1, idx=i, dimensions=dims)
         decoded = time.perf_counter()
         if images:
-            probs = self.predict(images).tolist()
-            for i, p in zip(good, probs, strict=True):
+            probs = self.predict(images).numpy()
+            for i, p in zip(good, probs.tolist(), strict=True):
                 label = self.classes[int(np.argmax(p))]
                 results[i] = {
                     "label": label,
@@ -135,8 +185,16 @@ class CatsDogsHandler:
                 }
                 dims = [Dimension("Label", label), *version]
                 context.metrics.add_counter("CatsDogsPredictions", 1, idx=i, dimensions=dims)
+            self.observe(images, sizes, probs)
         done = time.perf_counter()
         idx = good[0] if good else 0
+        if self.flush_s <= 0:
+            self.flush(context.metrics, version)
+        elif self.flusher is None:  # started with the first batch: it needs the worker's metrics
+            self.flusher = threading.Thread(
+                target=self._flush_every, args=(context.metrics, version), daemon=True
+            )
+            self.flusher.start()
         context.metrics.add_time(
             "CatsDogsPreprocessTime", (decoded - start) * 1e3, idx=idx, dimensions=version
         )

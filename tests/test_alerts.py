@@ -3,10 +3,12 @@
 A PromQL expression that parses and names real metrics can still never fire (TorchServe exports a
 counter only after its first increment, and `a + <empty>` is empty), so each alert is run against
 series over time, and every alert must have a case where it fires and one where it stays quiet.
+The drift alerts must also say what catsdogs_pl/monitoring says: its thresholds, its image statistics.
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ import pytest
 import yaml
 
 from catsdogs_pl import settings
+from catsdogs_pl.monitoring import drift, stats
 from tests.helpers.deployment import tool
 
 PROMETHEUS = settings.ROOT / "configs" / "prometheus"
@@ -24,6 +27,10 @@ ALERT_TESTS = PROMETHEUS / "alerts.test.yml"
 
 def _load(path: Path) -> Any:
     return yaml.safe_load(path.read_text())
+
+
+def _rules() -> dict[str, dict[str, Any]]:
+    return {r["alert"]: r for g in _load(ALERTS)["groups"] for r in g["rules"] if "alert" in r}
 
 
 def test_promtool_rule_tests_pass() -> None:
@@ -44,7 +51,9 @@ def test_promtool_rule_tests_pass() -> None:
 def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
     spec = _load(ALERT_TESTS)
     assert [(PROMETHEUS / f).resolve() for f in spec["rule_files"]] == [ALERTS.resolve()]
-    alerts = {r["alert"] for g in _load(ALERTS)["groups"] for r in g["rules"] if "alert" in r}
+    alerts = set(_rules())
+    monitoring = {"CatsDogsInputDrift", "CatsDogsConfidenceDrop", "CatsDogsMonitorDown"}
+    assert monitoring <= alerts, f"monitoring alerts missing from alerts.yml: {monitoring - alerts}"
     firing: set[str] = set()
     quiet: set[str] = set()
     for case in spec["tests"]:
@@ -53,3 +62,18 @@ def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
     assert alerts - firing == set(), f"alerts with no case where they fire: {alerts - firing}"
     assert alerts - quiet == set(), f"alerts with no case where they stay quiet: {alerts - quiet}"
     assert (firing | quiet) <= alerts, f"tests of unknown alerts: {(firing | quiet) - alerts}"
+
+
+def test_drift_alerts_follow_the_monitor() -> None:
+    """Input drift: the image statistics only (confidence and margin move with the model, not with
+    the inputs), above drift.PSI_DRIFT. Confidence drop: over drift.ACCURACY_DROP under the reference."""
+    rules = _rules()
+    expr = rules["CatsDogsInputDrift"]["expr"]
+    matched = re.findall(r'statistic=~"([^"]*)"', expr)
+    assert len(matched) == 1 and sorted(matched[0].split("|")) == sorted(stats.IMAGE), expr
+    assert re.search(rf"\)\s*>\s*{re.escape(str(drift.PSI_DRIFT))}\s*$", expr), expr
+    expr = rules["CatsDogsConfidenceDrop"]["expr"]
+    assert re.search(r"catsdogs_reference_accuracy.*-.*catsdogs_estimated_accuracy", expr, re.S)
+    assert re.search(rf"\)\s*>\s*{re.escape(str(drift.ACCURACY_DROP))}\s*$", expr), expr
+    for name in ("CatsDogsInputDrift", "CatsDogsConfidenceDrop"):
+        assert "model_version" in rules[name]["annotations"]["summary"], name

@@ -13,11 +13,11 @@ from catsdogs_pl import mlflow_server, settings
 from catsdogs_pl.serving import serve
 from tests.helpers.deployment import compose_config
 
-SERVICES = {"torchserve", "mlflow", "postgres", "prometheus", "grafana", "trainer"}
+SERVICES = {"torchserve", "monitor", "mlflow", "postgres", "prometheus", "grafana", "trainer"}
 CONFIGS = settings.ROOT / "configs"
 
 
-def test_six_services_with_healthchecks_and_ordered_start() -> None:
+def test_seven_services_with_healthchecks_and_ordered_start() -> None:
     services = compose_config()["services"]
     assert set(services) == SERVICES
     for name, service in services.items():
@@ -25,6 +25,7 @@ def test_six_services_with_healthchecks_and_ordered_start() -> None:
     assert services["trainer"]["profiles"] == ["train"]
     assert services["mlflow"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
+    assert services["monitor"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
     assert services["trainer"]["depends_on"]["mlflow"]["condition"] == "service_healthy"
     # readiness, not /ping: the same check as the image's HEALTHCHECK
     assert services["torchserve"]["healthcheck"]["test"][-1] == "ready"
@@ -57,7 +58,10 @@ def test_no_secret_in_the_images_and_a_non_root_user() -> None:
 
 
 def _declared_metrics() -> set[str]:
-    """Metric names Prometheus can see: metrics.yaml (histograms as _bucket) and serve's own."""
+    """Metric names Prometheus can see: metrics.yaml (histograms as _bucket), serve's own and the
+    drift monitor's gauges."""
+    from catsdogs_pl.monitoring.drift import GAUGES
+
     spec = yaml.safe_load((CONFIGS / "torchserve" / "metrics.yaml").read_text())
     names = set()
     for group in ("ts_metrics", "model_metrics"):
@@ -65,14 +69,21 @@ def _declared_metrics() -> set[str]:
             suffix = "_bucket" if kind == "histogram" else ""
             names |= {m["name"] + suffix for m in metrics}
     names |= set(re.findall(r"^# TYPE (\w+)", serve.worker_metrics(), flags=re.M))
+    names |= set(GAUGES)
     return names | {"up"}
 
 
 def _used_metrics(expr: str) -> set[str]:
-    """Metric names in a PromQL expression: what is left without labels, ranges, numbers."""
-    expr = re.sub(r"\{[^}]*\}|\[[^]]*\]|by \([^)]*\)", "", expr)
+    """Metric names in a PromQL expression: what is left without label matchers, ranges, grouping
+    label lists, numbers, functions and keywords."""
+    expr = re.sub(r"\{[^}]*\}|\[[^]]*\]", "", expr)
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
     expr = re.sub(r"\b\d+(\.\d+)?(e-?\d+)?\b", "", expr)
-    functions = {"sum", "rate", "clamp_min", "histogram_quantile", "absent", "or", "vector"}
+    functions = {
+        *("sum", "max", "min", "avg", "count", "rate", "increase", "clamp_min", "time"),
+        *("histogram_quantile", "absent", "vector"),
+        *("or", "and", "unless", "bool"),
+    }
     return set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", expr)) - functions
 
 
@@ -84,25 +95,33 @@ def test_alerts_and_dashboard_use_metrics_that_exist() -> None:
         "CatsDogsHighErrorRate",
         "CatsDogsHighLatencyP95",
         "CatsDogsNoReadyWorker",
+        "CatsDogsInputDrift",
+        "CatsDogsConfidenceDrop",
+        "CatsDogsMonitorDown",
     }
     dashboard = json.loads((CONFIGS / "grafana" / "dashboards" / "catsdogs.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     for expr in [*alerts.values(), *exprs]:
         assert _used_metrics(expr) <= declared, f"{expr}: {_used_metrics(expr) - declared}"
     titles = " ".join(p["title"] for p in dashboard["panels"]).lower()
-    for topic in ("requests", "latency", "5xx", "label", "reason", "workers"):
-        assert topic in titles
+    topics = ("requests", "latency", "5xx", "label", "reason", "workers")
+    topics += ("drift", "accuracy", "share", "input statistics", "confidence", "monitor")
+    for topic in topics:
+        assert topic in titles, topic
 
 
-def test_prometheus_scrapes_both_metrics_ports() -> None:
+def test_prometheus_scrapes_every_metrics_port() -> None:
     config = yaml.safe_load((CONFIGS / "prometheus" / "prometheus.yml").read_text())
     targets = {
         t for job in config["scrape_configs"] for s in job["static_configs"] for t in s["targets"]
     }
     # the container's ports: config.properties' (the session's TS_* variables are this machine's)
     props = settings.ts_properties()
-    ports = {props[f"{k}_address"].rsplit(":", 1)[1] for k in ("metrics", "worker_metrics")}
-    assert {f"torchserve:{p}" for p in ports} <= targets
+    kinds = ("metrics", "worker_metrics", "monitor")
+    port = {k: props[f"{k}_address"].rsplit(":", 1)[1] for k in kinds}
+    expected = {f"torchserve:{port[k]}" for k in ("metrics", "worker_metrics")}
+    expected.add(f"monitor:{port['monitor']}")  # the drift monitor, its own compose service
+    assert expected <= targets, expected - targets
 
 
 def _stage(name: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -16,7 +17,11 @@ from mlflow import MlflowClient
 
 from catsdogs_pl.fit import main
 from catsdogs_pl.models.classifier import TEST_ACC, VAL_ACC
+from catsdogs_pl.monitoring import reference
+from catsdogs_pl.serving import package
 from catsdogs_pl.training import export, tracking
+from catsdogs_pl.training.tracking import MlflowSettings
+from tests.helpers.serving import environment
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,6 +88,17 @@ def test_demo_fit_logs_registers_and_exports(fit_args: list[str], tmp_path: Path
     net, pre = export.load(local)
     assert pre["classes"] == ["cat", "dog"] and pre["image_size"] == 32
     assert net(torch.zeros(3, 3, 32, 32)).shape == (3, 2)
+
+    # the monitoring reference: the validation split, in the run and in the archive alike
+    logged = json.loads((local / export.REFERENCE).read_text())
+    prepared = json.loads((tmp_path / "prepared" / "summary.json").read_text())
+    assert logged["images"] == prepared["splits"]["val"]["total"] > 0
+    assert 0 <= logged["ece"] <= 1 and 0 <= logged["accuracy"] <= 1
+    assert run.data.metrics["val/ece"] == pytest.approx(logged["ece"])
+    with environment({"CATSDOGS_HOME": str(tmp_path / "home")}):
+        uri = MlflowSettings(tracking_uri=summary.tracking_uri)
+        _, mar = package.package(summary.version, mlflow=uri)
+    assert reference.from_mar(mar) == logged
 
 
 @pytest.mark.slow  # trains

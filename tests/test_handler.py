@@ -136,7 +136,7 @@ def test_parity_with_training_evaluation(tmp_path: Path, model_dir: Path) -> Non
 
     context = FakeContext(model_dir)
     handler = load_handler(model_dir, context)
-    decoded = [handler.decode({"body": (src / rel).read_bytes()}) for rel in val_files]
+    decoded = [handler.decode({"body": (src / rel).read_bytes()})[0] for rel in val_files]
     batch = torch.from_numpy(np.stack(decoded)).permute(0, 3, 1, 2)
     serve_side = preprocessing.normalize(
         batch, tuple(handler.pre["mean"]), tuple(handler.pre["std"])

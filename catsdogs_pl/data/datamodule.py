@@ -19,7 +19,7 @@ from torchvision.transforms import v2
 
 from catsdogs_pl import preprocessing
 from catsdogs_pl.data import cache, synthetic
-from catsdogs_pl.data.prepare import Settings, prepare
+from catsdogs_pl.data.prepare import Settings, prepare, read_manifest
 from catsdogs_pl.data.split import SPLITS
 from catsdogs_pl.errors import MissingError
 
@@ -103,6 +103,12 @@ class CatsDogsDataModule(L.LightningDataModule):
     @property
     def classes(self) -> list[str]:
         return self.preprocessing["classes"]
+
+    def original_sizes(self, split: str) -> np.ndarray:
+        """(width, height) of each image of `split` as uploaded, in the cache's order (the
+        manifest's): what the resized cache no longer shows."""
+        rows = [r for r in read_manifest(self.out / "manifest.csv") if r.split == split]
+        return np.array([(r.width, r.height) for r in rows], dtype=np.int64).reshape(-1, 2)
 
     def train_transform(self) -> v2.Compose:
         """Light augmentations on uint8 CHW tensors: a short CPU schedule underfits, so the

@@ -2,7 +2,7 @@
 
 The `.mar` version is the MLflow registered version, so `/predictions/catsdogs/N` serves exactly
 registry version N. The archive holds the servable export of the version's run, the handler, and
-the two source files it imports (copied from the training code under names of their own).
+the source files it imports (copied from the training code under names of their own).
 """
 
 from __future__ import annotations
@@ -24,13 +24,14 @@ from catsdogs_pl.training import export, tracking
 SOURCES = {  # file shipped in the .mar -> where it comes from
     "catsdogs_cnn.py": settings.ROOT / "catsdogs_pl" / "models" / "cnn.py",
     "catsdogs_preprocessing.py": settings.ROOT / "catsdogs_pl" / "preprocessing.py",
+    "catsdogs_stats.py": settings.ROOT / "catsdogs_pl" / "monitoring" / "stats.py",
 }
 
 
 def stage(export_dir: Path, out: Path) -> Path:
     """The model folder exactly as TorchServe unpacks it: handler, sources, servable files."""
     out.mkdir(parents=True, exist_ok=True)
-    for name in export.FILES:
+    for name in export.present(export_dir):
         shutil.copy(export_dir / name, out / name)
     for name, source in SOURCES.items():
         shutil.copy(source, out / name)
@@ -45,7 +46,8 @@ def build_mar(export_dir: Path, version: str, store: Path) -> Path:
     store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         staged = stage(export_dir, Path(tmp) / "model")
-        extra = [staged / n for n in (*export.FILES, *SOURCES) if n != export.WEIGHTS]
+        files = (*export.present(export_dir), *SOURCES)
+        extra = [staged / n for n in files if n != export.WEIGHTS]
         cmd = [
             sys.executable,
             "-m",

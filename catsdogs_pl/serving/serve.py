@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 
 from catsdogs_pl import errors, settings
@@ -124,26 +125,27 @@ def worker_metrics() -> str:
     return "\n".join(lines) + "\n"
 
 
-class _WorkerMetricsHandler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        if self.path != "/metrics":
-            self.send_error(404, "only /metrics is served here")
-            return
-        body = worker_metrics().encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+def serve_metrics(kind: str, produce: Callable[[], str]) -> http.server.ThreadingHTTPServer:
+    """Publish `produce()` (Prometheus text, made at each scrape) at /metrics of `kind`'s address
+    (config.properties) in a thread."""
 
-    def log_message(self, format: str, *args: object) -> None:  # one line per scrape is noise
-        pass
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path != "/metrics":
+                self.send_error(404, "only /metrics is served here")
+                return
+            body = produce().encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
+        def log_message(self, format: str, *args: object) -> None:  # a line per scrape is noise
+            pass
 
-def serve_worker_metrics() -> http.server.ThreadingHTTPServer:
-    """Publish worker_metrics() at worker_metrics_address (config.properties) in a thread."""
-    url = urllib.parse.urlsplit(settings.address("worker_metrics", bind=True))
-    server = http.server.ThreadingHTTPServer((url.hostname, url.port), _WorkerMetricsHandler)
+    url = urllib.parse.urlsplit(settings.address(kind, bind=True))
+    server = http.server.ThreadingHTTPServer((url.hostname, url.port), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
@@ -154,7 +156,7 @@ def run() -> int:
     Returns TorchServe's exit code."""
     cmd, env, home = _prepare(last_deployed())
     server = subprocess.Popen([*cmd, "--foreground"], cwd=home, env=env)
-    serve_worker_metrics()
+    serve_metrics("worker_metrics", worker_metrics)
 
     def forward(signum: int, frame: object) -> None:
         subprocess.run([_torchserve(), "--stop"], cwd=home, check=False)

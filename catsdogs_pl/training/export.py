@@ -1,8 +1,10 @@
 """The servable export: everything TorchServe needs, nothing it must unpickle.
 
 `weights.pt` is a plain state_dict (loadable with `weights_only=True`), `architecture.json` holds
-the network's own constructor arguments (`BaselineCNN.init_args`), and `preprocessing.json` / `index_to_name.json` come from the
-DataModule, so serving cannot drift from training.
+the network's own constructor arguments (`BaselineCNN.init_args`), and `preprocessing.json` /
+`index_to_name.json` come from the DataModule, so serving cannot drift from training.
+`reference.json` (the validation statistics the monitor compares served traffic with) is written by
+fit; exports made before it existed have none, and serve without monitoring.
 """
 
 from __future__ import annotations
@@ -20,12 +22,21 @@ WEIGHTS = "weights.pt"
 ARCHITECTURE = "architecture.json"
 PREPROCESSING = "preprocessing.json"
 INDEX_TO_NAME = "index_to_name.json"
+REFERENCE = "reference.json"
 FILES = (WEIGHTS, ARCHITECTURE, PREPROCESSING, INDEX_TO_NAME)
 
 
-def export(net: BaselineCNN, preprocessing: dict[str, Any], out: Path) -> Path:
-    """Write the four servable files into `out` and return it."""
+def export(
+    net: BaselineCNN,
+    preprocessing: dict[str, Any],
+    out: Path,
+    reference: dict[str, Any] | None = None,
+) -> Path:
+    """Write the four servable files (and the monitoring reference, when given) into `out` and
+    return it."""
     out.mkdir(parents=True, exist_ok=True)
+    if reference is not None:
+        (out / REFERENCE).write_text(json.dumps(reference, indent=2))
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     torch.save(state, out / WEIGHTS)
     (out / ARCHITECTURE).write_text(json.dumps(net.init_args, indent=2))
@@ -33,6 +44,11 @@ def export(net: BaselineCNN, preprocessing: dict[str, Any], out: Path) -> Path:
     names = {str(i): name for i, name in enumerate(preprocessing["classes"])}
     (out / INDEX_TO_NAME).write_text(json.dumps(names, indent=2))
     return out
+
+
+def present(folder: Path) -> list[str]:
+    """The servable files of `folder`: the four, and the reference when it has one."""
+    return [*FILES, *([REFERENCE] if (folder / REFERENCE).exists() else [])]
 
 
 def load(folder: Path) -> tuple[BaselineCNN, dict[str, Any]]:

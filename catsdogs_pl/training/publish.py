@@ -1,5 +1,6 @@
 """What a finished fit leaves in MLflow, one step per function: the data it saw, the evaluation
-plots, the servable export with the logged model, and the registry version with its alias.
+plots, the servable export (with the monitoring reference) and the logged model, and the registry
+version with its alias.
 
 `publish` runs the steps in order on the best checkpoint's weights and returns a `FitSummary`.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import mlflow
@@ -25,6 +27,7 @@ from catsdogs_pl.models.classifier import (
     VAL_LOSS,
     CatsDogsClassifier,
 )
+from catsdogs_pl.monitoring import reference
 from catsdogs_pl.training import export, plots, tracking
 
 
@@ -61,23 +64,31 @@ def log_data(client: MlflowClient, run_id: str, dm: CatsDogsDataModule) -> None:
     client.log_dict(run_id, summary, "data/summary.json")
 
 
-def predict_test(
-    model: CatsDogsClassifier, dm: CatsDogsDataModule
+def predict(
+    model: CatsDogsClassifier, dm: CatsDogsDataModule, split: str = "test"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Test images, targets and class probabilities in dataset order: the DataModule's predict
-    batches and normalisation, the module's own `predict_step`. In this process alone, not
-    through a Trainer: under DDP rank 0 publishes by itself, and `Trainer.predict` would wait at
-    a barrier for ranks that are gone."""
+    """Images, targets and class probabilities of the val or test split in dataset order: the
+    DataModule's batches and normalisation, the module's own `predict_step`. In this process
+    alone, not through a Trainer: under DDP rank 0 publishes by itself, and `Trainer.predict`
+    would wait at a barrier for ranks that are gone."""
+    loader = {"val": dm.val_dataloader, "test": dm.predict_dataloader}[split]()
     model.eval()
     probs = []
     with torch.inference_mode():
-        for i, batch in enumerate(dm.predict_dataloader()):
+        for i, batch in enumerate(loader):
             batch = dm.on_after_batch_transfer(
                 model.transfer_batch_to_device(batch, model.device, 0), 0
             )
             probs.append(model.predict_step(batch, i).float().cpu())
-    test = dm.datasets["test"]
-    return np.load(test.images_path, mmap_mode="r"), test.labels, torch.cat(probs).numpy()
+    data = dm.datasets[split]
+    return np.load(data.images_path, mmap_mode="r"), data.labels, torch.cat(probs).numpy()
+
+
+def monitoring_reference(model: CatsDogsClassifier, dm: CatsDogsDataModule) -> dict[str, Any]:
+    """The validation split's input statistics, the model's confidence on it and its
+    calibration: what the monitor compares served traffic with."""
+    images, targets, probs = predict(model, dm, "val")
+    return reference.build(images, dm.original_sizes("val"), probs, targets, dm.classes)
 
 
 def log_evaluation_plots(
@@ -89,7 +100,7 @@ def log_evaluation_plots(
         k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)]
         for k in (TRAIN_LOSS + "_epoch", VAL_LOSS, VAL_ACC)
     }
-    images, targets, probs = predict_test(model, dm)
+    images, targets, probs = predict(model, dm)
     classes = dm.classes
     figures = {
         "learning_curves": plots.learning_curves(history),
@@ -108,11 +119,12 @@ def log_servable(
     tracking_uri: str,
     net: torch.nn.Module,
     dm: CatsDogsDataModule,
+    reference: dict[str, Any],
 ) -> ModelInfo:
-    """The servable export (what `package` archives) and the network as an MLflow model (what
-    the registry version points at)."""
+    """The servable export with its monitoring reference (what `package` archives) and the
+    network as an MLflow model (what the registry version points at)."""
     with tempfile.TemporaryDirectory() as tmp:
-        folder = export.export(net, dm.preprocessing, Path(tmp))
+        folder = export.export(net, dm.preprocessing, Path(tmp), reference)
         client.log_artifacts(run_id, str(folder), "servable")
     size = dm.settings.image_size
     example = np.zeros((2, 3, size, size), dtype=np.float32)  # batch 1 would be specialised
@@ -165,7 +177,9 @@ def publish(
     log_data(client, run_id, dm)
     client.log_artifact(run_id, trainer.checkpoint_callback.best_model_path, "checkpoints")
     log_evaluation_plots(client, run_id, model, dm)
-    info = log_servable(client, run_id, tracking_uri, model.net, dm)
+    monitored = monitoring_reference(model, dm)
+    client.log_metric(run_id, "val/ece", monitored["ece"])
+    info = log_servable(client, run_id, tracking_uri, model.net, dm, monitored)
     version, moved, reason = register(
         client, run_id, settings.registered_model, info, model.net, dm, metrics
     )

@@ -41,10 +41,10 @@ PASSWORD = "p@ss/w%rd:1"  # each of @ / % : breaks a URI that pastes it unencode
 INFERENCE_PORT = "8001"
 MLFLOW = "http://127.0.0.1:5000"
 PROMETHEUS = "http://127.0.0.1:9090"
-SERVICES = ["postgres", "mlflow", "prometheus", "torchserve"]
+SERVICES = ["postgres", "mlflow", "prometheus", "torchserve", "monitor"]
 if os.environ.get("CATSDOGS_STACK_GRAFANA") == "1":
     SERVICES.append("grafana")
-PORTS = (5000, 5432, 8001, 8081, 8082, 8083, 9090)
+PORTS = (5000, 5432, 8001, 8081, 8082, 8083, 8084, 9090)
 # The stack binds fixed host ports (host networking) and uses one compose project and one image
 # tag: two runs at once on one machine (two clones, two `make test`) would take each other's
 # ports, containers and volumes. Free ports would mean a compose file of their own for the test,
@@ -210,9 +210,10 @@ def test_services_healthy_and_unprivileged(stack: Stack, report) -> None:
         top = _run(["docker", "top", stack.container(service), "-eo", "pid,uid"], stack.env)
         users[service] = sorted({int(line.split()[1]) for line in top.splitlines()[1:]})
     report("stack: process uids", users)
-    for service in ("torchserve", "mlflow"):
+    ours = {"torchserve", "mlflow", "monitor"}
+    for service in ours:
         assert users[service] == [10001], (service, users[service])
-    for service in set(SERVICES) - {"torchserve", "mlflow"}:  # their images' own users
+    for service in set(SERVICES) - ours:  # their images' own users
         assert 0 not in users[service], (service, users[service])
 
 
@@ -244,7 +245,7 @@ def test_prometheus_scrapes_both_targets_and_loads_the_rules(stack: Stack, repor
     while True:
         targets = _get_json(f"{PROMETHEUS}/api/v1/targets")["data"]["activeTargets"]
         health = {t["labels"]["job"]: t["health"] for t in targets}
-        if health.get("torchserve") == "up" and health.get("catsdogs-workers") == "up":
+        if all(health.get(job) == "up" for job in ("torchserve", "catsdogs-workers", "catsdogs-monitor")):
             break
         assert time.monotonic() < deadline, targets
         time.sleep(3)
@@ -255,7 +256,11 @@ def test_prometheus_scrapes_both_targets_and_loads_the_rules(stack: Stack, repor
         "CatsDogsHighErrorRate",
         "CatsDogsHighLatencyP95",
         "CatsDogsNoReadyWorker",
+        "CatsDogsInputDrift",
+        "CatsDogsConfidenceDrop",
+        "CatsDogsMonitorDown",
     }
+    assert set(rules.values()) == {"ok"}, rules
     ready = _get_json(f"{PROMETHEUS}/api/v1/query?query=catsdogs_ready_workers")["data"]["result"]
     assert any(r["metric"]["model_version"] == "1" and float(r["value"][1]) > 0 for r in ready)
 

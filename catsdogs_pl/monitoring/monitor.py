@@ -1,0 +1,215 @@
+"""`python -m catsdogs_pl.monitor`: what the server saw in a window against each version's training
+reference (input drift per statistic, confidence, predicted class ratio, estimated accuracy).
+
+  monitor                           totals since TorchServe started, from its metrics endpoint
+  monitor --window 600              the next 10 minutes (two scrapes of the metrics endpoint)
+  monitor --prometheus URL --window 3600   the last hour, from Prometheus (docker compose)
+  monitor ... --serve [--interval 60]      keep comparing; gauges at monitor_address/metrics
+
+The references come from the `.mar` of each version in the model store (`reference.json`, written
+by fit), so the monitor needs the state folder (`$CATSDOGS_HOME`) and no registry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from catsdogs_pl import errors, settings
+from catsdogs_pl.monitoring import drift, reference, stats
+
+BUCKETS = f"{stats.METRIC}_bucket"
+PREDICTIONS = "CatsDogsPredictions"
+_SAMPLE = re.compile(r"^([A-Za-z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+@dataclass
+class Window:
+    """Cumulative le-bucket counts per (version, statistic, le) and predictions per (version,
+    label): what one scrape, or the increase between two, holds."""
+
+    buckets: dict[tuple[str, str, str], float] = field(default_factory=lambda: defaultdict(float))
+    predicted: dict[tuple[str, str], float] = field(default_factory=lambda: defaultdict(float))
+
+    def minus(self, before: Window) -> Window:
+        """The increase since `before`; a series that went down (a restarted server) counts
+        from zero."""
+        out = Window()
+        for mine, theirs, target in (
+            (self.buckets, before.buckets, out.buckets),
+            (self.predicted, before.predicted, out.predicted),
+        ):
+            for key, value in mine.items():
+                old = theirs.get(key, 0.0)
+                target[key] = value - old if value >= old else value
+        return out
+
+    def versions(self) -> list[str]:
+        found = {v for v, _, _ in self.buckets} | {v for v, _ in self.predicted}
+        return sorted(found, key=lambda v: (len(v), v))
+
+    def counts(self, version: str) -> dict[str, np.ndarray]:
+        """Per statistic: the counts of each bucket (not cumulative) of one version."""
+        out = {}
+        for name in stats.EDGES:
+            cumulative = [
+                self.buckets.get((version, name, le), 0.0) for le in stats.le_labels(name)
+            ]
+            out[name] = np.diff(np.maximum.accumulate(cumulative), prepend=0.0)
+        return out
+
+    def labels(self, version: str) -> dict[str, float]:
+        return {label: n for (v, label), n in self.predicted.items() if v == version}
+
+
+def parse(text: str) -> Window:
+    """The catsdogs series of a Prometheus text exposition (TorchServe's metrics port)."""
+    window = Window()
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if not match or match.group(1) not in (BUCKETS, PREDICTIONS):
+            continue
+        labels = dict(_LABEL.findall(match.group(2) or ""))
+        value = float(match.group(3))
+        if match.group(1) == BUCKETS:
+            key = (labels["model_version"], labels["statistic"], labels["le"])
+            window.buckets[key] += value
+        else:
+            window.predicted[(labels["model_version"], labels["Label"])] += value
+    return window
+
+
+def scrape(url: str | None = None) -> Window:
+    """One scrape of TorchServe's metrics endpoint (no token on that port)."""
+    url = url or settings.address("metrics") + "/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return parse(response.read().decode())
+    except OSError as exc:
+        raise errors.UnreachableError(f"cannot scrape {url} ({exc}): is TorchServe up?") from exc
+
+
+def query_prometheus(url: str, seconds: int) -> Window:
+    """The increase over the last `seconds`, from Prometheus' query API."""
+    window = Window()
+    queries = {
+        "buckets": f"sum by (model_version, statistic, le) (increase({BUCKETS}[{seconds}s]))",
+        "predicted": f"sum by (model_version, Label) (increase({PREDICTIONS}[{seconds}s]))",
+    }
+    for kind, query in queries.items():
+        address = f"{url.rstrip('/')}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+        try:
+            with urllib.request.urlopen(address, timeout=30) as response:
+                found = json.loads(response.read())["data"]["result"]
+        except (OSError, KeyError, ValueError) as exc:
+            raise errors.UnreachableError(f"Prometheus at {url} did not answer ({exc})") from exc
+        for series in found:
+            m, value = series["metric"], float(series["value"][1])
+            if kind == "buckets":
+                window.buckets[(m["model_version"], m["statistic"], m["le"])] += value
+            else:
+                window.predicted[(m["model_version"], m["Label"])] += value
+    return window
+
+
+def load_reference(version: str) -> dict[str, Any] | None:
+    """The reference in the version's archive in the model store (None: no archive or none in
+    it)."""
+    mar = settings.model_store() / settings.mar_name(version)
+    return reference.from_mar(mar) if mar.exists() else None
+
+
+def compare(window: Window) -> list[drift.Comparison]:
+    """Every version seen in `window` against its reference."""
+    return [
+        drift.compare(v, load_reference(v), window.counts(v), window.labels(v))
+        for v in window.versions()
+    ]
+
+
+class Monitor:
+    """Repeated comparisons: from Prometheus over a sliding window, or natively from scrapes of
+    TorchServe kept for the window (the first comparisons count since the server started)."""
+
+    def __init__(self, prometheus: str | None, seconds: int) -> None:
+        self.prometheus = prometheus
+        self.seconds = seconds
+        self.scrapes: list[tuple[float, Window]] = []
+        self.latest = drift.gauges([], time.time())
+
+    def window(self) -> Window:
+        if self.prometheus:
+            return query_prometheus(self.prometheus, self.seconds)
+        now = time.monotonic()
+        self.scrapes.append((now, scrape()))
+        while len(self.scrapes) > 1 and now - self.scrapes[1][0] >= self.seconds:
+            self.scrapes.pop(0)  # keep the newest scrape at least `seconds` old
+        if len(self.scrapes) == 1 or now - self.scrapes[0][0] < self.seconds:
+            return self.scrapes[-1][1]
+        return self.scrapes[-1][1].minus(self.scrapes[0][1])
+
+    def run_once(self) -> list[drift.Comparison]:
+        comparisons = compare(self.window())
+        self.latest = drift.gauges(comparisons, time.time())
+        return comparisons
+
+
+def _describe(args: argparse.Namespace) -> str:
+    where = f"Prometheus {args.prometheus}" if args.prometheus else "TorchServe's metrics port"
+    span = f"last {args.window} s" if args.window else "since TorchServe started"
+    return f"{span}, from {where}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m catsdogs_pl.monitor",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--prometheus", help="Prometheus base URL (default: scrape TorchServe)")
+    parser.add_argument(
+        "--window", type=int, default=0, help="seconds compared (default 0: since start)"
+    )
+    parser.add_argument("--serve", action="store_true", help="keep comparing, export gauges")
+    parser.add_argument("--interval", type=int, default=60, help="seconds between comparisons")
+    args = parser.parse_args(argv)
+    if args.window < 0 or args.interval <= 0:
+        raise errors.ConfigError("--window must be >= 0 and --interval > 0 (seconds)")
+    if args.prometheus and not args.window:
+        raise errors.ConfigError("--prometheus needs a --window in seconds, e.g. 3600")
+    monitor = Monitor(args.prometheus, args.window)
+    if not args.serve:
+        comparisons = monitor.run_once()
+        if args.window and not args.prometheus:  # natively: a second scrape, a window later
+            time.sleep(args.window)
+            comparisons = monitor.run_once()
+        print(drift.report(comparisons, _describe(args)))
+        return 0
+    from catsdogs_pl.serving.serve import serve_metrics
+
+    serve_metrics("monitor", lambda: monitor.latest)
+    print(f"monitor: gauges at {settings.address('monitor')}/metrics", flush=True)
+    stop = threading.Event()
+    while not stop.is_set():
+        try:
+            print(drift.report(monitor.run_once(), _describe(args)), flush=True)
+        except errors.UnreachableError as exc:
+            print(f"monitor: {exc}", file=sys.stderr, flush=True)
+        stop.wait(args.interval)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(errors.run(main, sys.argv[1:]))
