@@ -192,7 +192,7 @@ def in_process_rate(
     def step(lane: int, i: int) -> int:
         first = lane * len(images) // workers + i * batch
         rows = [{"body": images[(first + j) % len(images)]} for j in range(batch)]
-        handler.predict([handler.decode(row) for row in rows])
+        handler.predict([handler.decode(row)[0] for row in rows])
         return batch
 
     return sum(n for _, n in run_for(workers, duration, step)) / duration

@@ -143,6 +143,8 @@ def test_drift_in_and_out_of_distribution(blank_torchserve: Path, tmp_path: Path
         assert set(stats.IMAGE) <= {s for s in stats.EDGES if f'statistic="{s}"' in text}
     finally:
         ts.check(
-            ts.call("management", "DELETE", f"/models/{settings.MODEL_NAME}/{VERSION}", timeout=120),
+            ts.call(
+                "management", "DELETE", f"/models/{settings.MODEL_NAME}/{VERSION}", timeout=120
+            ),
             f"unregister v{VERSION}",
         )

@@ -14,6 +14,7 @@ import subprocess
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, fields
+from datetime import datetime, timezone
 from pathlib import Path
 
 import mlflow
@@ -66,6 +67,17 @@ def resolve_tracking_uri(configured: str | None = None) -> str:
 def artifact_location(uri: str) -> str | None:
     """Artifacts of the default store live beside it; other stores keep MLflow's own default."""
     return str(settings.home() / "mlartifacts") if uri == default_tracking_uri() else None
+
+
+def client(store: MlflowSettings) -> MlflowClient:
+    """The tracking and registry client of `store`, so the commands after fit (deploy and
+    its gate) write where fit wrote."""
+    return MlflowClient(resolve_tracking_uri(store.tracking_uri))
+
+
+def utc_now() -> str:
+    """A registry tag's time: UTC, ISO 8601, to the second."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:

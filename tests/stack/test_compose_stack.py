@@ -245,7 +245,10 @@ def test_prometheus_scrapes_both_targets_and_loads_the_rules(stack: Stack, repor
     while True:
         targets = _get_json(f"{PROMETHEUS}/api/v1/targets")["data"]["activeTargets"]
         health = {t["labels"]["job"]: t["health"] for t in targets}
-        if all(health.get(job) == "up" for job in ("torchserve", "catsdogs-workers", "catsdogs-monitor")):
+        if all(
+            health.get(job) == "up"
+            for job in ("torchserve", "catsdogs-workers", "catsdogs-monitor")
+        ):
             break
         assert time.monotonic() < deadline, targets
         time.sleep(3)
