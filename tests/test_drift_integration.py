@@ -110,6 +110,8 @@ def test_drift_in_and_out_of_distribution(blank_torchserve: Path, tmp_path: Path
                 assert f"INPUT DRIFT in {', '.join(found.drifted)}" in drift.report([found], "t")
             for unchanged in ("aspect_ratio", "megapixels"):  # the uploads kept their size
                 assert found.psi[unchanged] < drift.PSI_MODERATE
+            if name == "darkened":
+                report("drift report, darkened", drift.report([found], "darkened drawings"))
         report("drift_psi", {"images": len(photos), **figures})
 
         # the command, natively: a report since start, and gauges for Prometheus with --serve

@@ -132,6 +132,10 @@ def test_psi_and_verdicts() -> None:
     assert 'catsdogs_drift_psi{statistic="brightness",model_version="3"}' in gauges
     few = drift.compare("4", ref, _reference(rng, 50)["counts"], {})
     assert not few.judged and "too few images" in drift.report([few], "test")
+    assert "DRIFT" not in drift.report([few], "test")  # no verdict on noise
+    empty = drift.compare("6", ref, {k: np.zeros(len(v)) for k, v in same["counts"].items()}, {})
+    assert "psi" not in drift.report([empty], "test")
+    assert "timestamp_seconds 1795888888\n" in drift.gauges([], 1795888888.0)
     exported = drift.gauges([few], 1.0).splitlines()
     assert 'catsdogs_monitored_images{model_version="4"} 50' in exported
     assert not any(line.startswith("catsdogs_drift_psi{") for line in exported)

@@ -136,12 +136,14 @@ def report(comparisons: list[Comparison], window: str) -> str:
         if c.note:
             lines.append(f"  not compared: {c.note}")
             continue
+        if not c.images:
+            continue
         if not c.judged:
-            lines.append(f"  too few images to judge (< {MIN_IMAGES}); figures are indicative")
+            lines.append(f"  too few images to judge (< {MIN_IMAGES}): figures only indicative")
         for name in (*stats.IMAGE, *stats.PREDICTION):
             value = c.psi.get(name, math.nan)
             verdict = "DRIFT" if value > PSI_DRIFT else "moderate" if value > PSI_MODERATE else "ok"
-            lines.append(f"  psi {name:<14} {value:6.3f}  {verdict}")
+            lines.append(f"  psi {name:<14} {value:6.3f}  {verdict if c.judged else ''}".rstrip())
         shares = ", ".join(
             f"{k} {c.predicted_share.get(k, 0):.2f} (ref {v:.2f})"
             for k, v in c.reference_share.items()
@@ -167,7 +169,7 @@ def gauges(comparisons: list[Comparison], timestamp: float) -> str:
     def add(name: str, value: float, **labels: str) -> None:
         if not math.isnan(value):
             text = ",".join(f'{k}="{v}"' for k, v in labels.items())
-            rows[name].append(f"{name}{{{text}}} {value:.6g}" if text else f"{name} {value:.6g}")
+            rows[name].append(f"{name}{{{text}}} {value:.10g}" if text else f"{name} {value:.10g}")
 
     for c in comparisons:
         v = c.version

@@ -180,7 +180,9 @@ def _stack(tmp_path_factory: pytest.TempPathFactory, report) -> Iterator[Stack]:
     patch.setenv("TS_METRICS_ADDRESS", "http://127.0.0.1:8082")
     stack.compose("down", "--volumes", "--remove-orphans")  # what an aborted run left
     try:
-        stack.compose("up", "-d", "--no-build", "--wait", "--wait-timeout", "300", *SERVICES[:-1])
+        # torchserve is healthy only once the trainer deployed a version: started, not awaited
+        waited = [s for s in SERVICES if s != "torchserve"]
+        stack.compose("up", "-d", "--no-build", "--wait", "--wait-timeout", "300", *waited)
         stack.compose("up", "-d", "--no-build", "torchserve")
         yield stack
     finally:
