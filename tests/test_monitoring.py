@@ -160,4 +160,5 @@ def test_monitor_reads_cumulative_buckets_and_windows() -> None:
     later = parse("\n".join(lines).replace(" 6.0", " 10.0").replace(" 5.0", " 1.0"))
     delta = later.minus(window)
     assert delta.predicted[("2", "cat")] == 4
+    assert window.minus(window).versions() == []  # no growth: no version answered
     assert delta.buckets[("2", "brightness", "128")] == 1  # went down: a restarted server

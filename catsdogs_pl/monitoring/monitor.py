@@ -57,7 +57,9 @@ class Window:
         return out
 
     def versions(self) -> list[str]:
-        found = {v for v, _, _ in self.buckets} | {v for v, _ in self.predicted}
+        """The versions that answered in the window (a series that did not grow is not one)."""
+        found = {v for (v, _, _), n in self.buckets.items() if n}
+        found |= {v for (v, _), n in self.predicted.items() if n}
         return sorted(found, key=lambda v: (len(v), v))
 
     def counts(self, version: str) -> dict[str, np.ndarray]:
