@@ -169,18 +169,17 @@ def http_load(
 
 def load_handler(model_dir: Path, config: dict[str, Any]) -> Any:
     """The handler as a TorchServe worker gets it: imported from the staged folder, initialized."""
-    sys.path.insert(0, str(model_dir))
-    try:
-        module = importlib.import_module("catsdogs_handler")
-    finally:
-        sys.path.remove(str(model_dir))
     context = SimpleNamespace(
         system_properties={"model_dir": str(model_dir)},
         manifest={"model": {"modelVersion": "1", "serializedFile": export.WEIGHTS}},
         model_yaml_config=config,
     )
-    handler = module.CatsDogsHandler()
-    handler.initialize(context)
+    sys.path.insert(0, str(model_dir))  # as in a worker, also while initialize() imports
+    try:
+        handler = importlib.import_module("catsdogs_handler").CatsDogsHandler()
+        handler.initialize(context)
+    finally:
+        sys.path.remove(str(model_dir))
     return handler
 
 

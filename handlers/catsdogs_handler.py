@@ -2,9 +2,9 @@
 
 Everything it loads sits inside the `.mar`: `weights.pt` (a state_dict, read with weights_only=True),
 `architecture.json`, `preprocessing.json`, `index_to_name.json`, `reference.json` (what the
-monitor compares with) and the source files copied from the training code: `catsdogs_cnn.py` (the
-network), `catsdogs_preprocessing.py` (decode, resize, normalise) and `catsdogs_stats.py` (the input
-and prediction statistics). Serving therefore runs the very code that built the training cache and
+monitor compares with) and the source files copied from the training code: `catsdogs_cnn.py` and
+`catsdogs_backbone.py` (the networks: `architecture.json` names which), `catsdogs_preprocessing.py`
+(decode, resize, normalise) and `catsdogs_stats.py` (the input and prediction statistics). Serving therefore runs the very code that built the training cache and
 the training reference.
 
 Accepted bodies: raw image bytes, multipart (field `data` or `file`), JSON `{"data": "<base64>"}`
@@ -76,6 +76,18 @@ def _payload(row: dict[str, Any]) -> bytes:
     raise BadImage("empty", "the request has no body: send the image bytes")
 
 
+def _network(architecture: dict[str, Any]) -> torch.nn.Module:
+    """The network architecture.json names (before it named one: BaselineCNN), fresh weights.
+    torchvision is imported only for a TorchvisionNet, so the baseline's workers load as fast as
+    before."""
+    args = dict(architecture)
+    if args.pop("network", "BaselineCNN") == "TorchvisionNet":
+        from catsdogs_backbone import TorchvisionNet
+
+        return TorchvisionNet(**args)
+    return BaselineCNN(**args)
+
+
 class CatsDogsHandler:
     """initialize() once per worker; handle() per batch."""
 
@@ -86,7 +98,7 @@ class CatsDogsHandler:
         model_dir = Path(context.system_properties["model_dir"])
         config = (getattr(context, "model_yaml_config", None) or {}).get("handler", {})
         torch.set_num_threads(int(config.get("torch_threads", 1)))
-        self.net = BaselineCNN(**json.loads((model_dir / "architecture.json").read_text()))
+        self.net = _network(json.loads((model_dir / "architecture.json").read_text()))
         weights = model_dir / context.manifest["model"].get("serializedFile", "weights.pt")
         self.net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         self.net.eval()

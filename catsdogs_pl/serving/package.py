@@ -23,6 +23,7 @@ from catsdogs_pl.training import export, tracking
 
 SOURCES = {  # file shipped in the .mar -> where it comes from
     "catsdogs_cnn.py": settings.ROOT / "catsdogs_pl" / "models" / "cnn.py",
+    "catsdogs_backbone.py": settings.ROOT / "catsdogs_pl" / "models" / "backbone.py",
     "catsdogs_preprocessing.py": settings.ROOT / "catsdogs_pl" / "preprocessing.py",
     "catsdogs_stats.py": settings.ROOT / "catsdogs_pl" / "monitoring" / "stats.py",
 }

@@ -71,15 +71,14 @@ class FakeContext:
 
 def load_handler(model_dir: Path, context: FakeContext) -> Any:
     """Import the handler from a staged model folder, as TorchServe's model loader does."""
-    sys.path.insert(0, str(model_dir))
+    sys.path.insert(0, str(model_dir))  # as in a worker, also while initialize() imports
     try:
         for name in ("catsdogs_handler", *(Path(n).stem for n in package.SOURCES)):
             sys.modules.pop(name, None)
-        module = importlib.import_module("catsdogs_handler")
+        handler = importlib.import_module("catsdogs_handler").CatsDogsHandler()
+        handler.initialize(context)
     finally:
         sys.path.remove(str(model_dir))
-    handler = module.CatsDogsHandler()
-    handler.initialize(context)
     return handler
 
 

@@ -1,0 +1,116 @@
+"""Fine-tuning a torchvision backbone: the network from local weights, its export and handler, and
+the whole path (fit -> register -> package -> serve -> predict) on a real TorchServe with a backbone
+saved here from a randomly initialised model (this machine has no internet)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+from torchvision.models import get_model
+
+from catsdogs_pl import preprocessing, settings
+from catsdogs_pl.fit import main
+from catsdogs_pl.models.backbone import TorchvisionNet
+from catsdogs_pl.serving import deploy, package
+from catsdogs_pl.serving import torchserve as ts
+from catsdogs_pl.serving.predict import predict
+from catsdogs_pl.training import export, tracking
+from tests.helpers.images import image_bytes
+from tests.helpers.serving import FakeContext, load_handler
+
+ROOT = Path(__file__).resolve().parents[1]
+ARCH = "mobilenet_v3_small"
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ImageNet-shaped weights (1000 classes) saved locally, as a user without internet would."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / f"{ARCH}.pt"
+    torch.save(get_model(ARCH, weights=None).state_dict(), path)
+    return path
+
+
+def test_backbone_loads_local_weights_but_not_the_head(backbone: Path) -> None:
+    saved = torch.load(backbone, weights_only=True)
+    net = TorchvisionNet(ARCH, num_classes=2, weights=str(backbone))
+    own = net.model.state_dict()
+    body = [k for k in saved if own[k].shape == saved[k].shape]
+    assert all(torch.equal(own[k], saved[k]) for k in body)
+    assert own["classifier.3.weight"].shape == (2, 1024)  # a new head for two classes
+    assert net.init_args == {"arch": ARCH, "num_classes": 2, "flip_tta": True}
+    with pytest.raises(ValueError, match="tensors"):
+        TorchvisionNet("resnet18", weights=str(backbone))  # another architecture's file
+    with pytest.raises(ValueError, match="neither a file nor one of"):
+        TorchvisionNet(ARCH, weights="IMAGENET_NOPE")
+
+
+def test_export_and_handler_rebuild_the_backbone(backbone: Path, tmp_path: Path) -> None:
+    net = TorchvisionNet(ARCH, weights=str(backbone)).eval()
+    folder = export.export(net, preprocessing.describe(64, ["cat", "dog"]), tmp_path / "export")
+    assert json.loads((folder / export.ARCHITECTURE).read_text())["network"] == "TorchvisionNet"
+    loaded, _ = export.load(folder)
+    x = torch.randn(3, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.allclose(loaded(x), net(x))
+    model_dir = package.stage(folder, tmp_path / "model")
+    handler = load_handler(model_dir, FakeContext(model_dir))
+    pixels, _ = handler.decode({"body": image_bytes(1, (90, 70))})
+    batch = preprocessing.normalize(torch.from_numpy(pixels).permute(2, 0, 1)[None])
+    with torch.inference_mode():
+        assert torch.allclose(handler.predict([pixels]), net(batch).softmax(-1), atol=1e-6)
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs Java 17")
+def test_finetune_fit_register_package_serve_predict(
+    blank_torchserve: Path, backbone: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    summary = main(
+        [
+            "--config",
+            str(ROOT / "configs" / "finetune.yaml"),
+            f"--model.net.init_args.weights={backbone}",
+            f"--data.source={tmp_path / 'synthetic'}",
+            "--data.synthetic_per_class=40",
+            f"--data.data_dir={tmp_path / 'prepared'}",
+            "--data.settings.image_size=64",
+            "--data.batch_size=16",
+            "--data.num_workers=0",
+            "--trainer.max_epochs=1",
+            "--trainer.precision=32-true",
+            "--trainer.enable_progress_bar=false",
+            f"--checkpoint_dir={tmp_path / 'checkpoints'}",
+        ]
+    )
+    client = MlflowClient(tracking.resolve_tracking_uri())  # the session server's registry
+    version = summary.version
+    try:
+        run = client.get_run(summary.run_id)
+        assert run.data.params["net/arch"] == ARCH and "test/acc" in run.data.metrics
+        assert "registered and default now" in deploy.deploy(version=version)
+        mar = settings.model_store() / settings.mar_name(version)
+        with zipfile.ZipFile(mar) as archive:
+            architecture = json.loads(archive.read(export.ARCHITECTURE))
+            assert "catsdogs_backbone.py" in archive.namelist()
+        assert architecture == {
+            "network": "TorchvisionNet",
+            "arch": ARCH,
+            "num_classes": 2,
+            "flip_tta": True,
+        }
+        photo = tmp_path / "synthetic" / "cat" / "00000.jpg"
+        status, answer = predict(photo)
+        assert status == 200 and answer["model_version"] == version
+        assert answer["label"] in ("cat", "dog")
+    finally:
+        if version in {e["modelVersion"] for e in ts.describe("all")}:
+            deploy._unregister(version)
+        client.delete_model_version(settings.MODEL_NAME, version)
+        (settings.model_store() / settings.mar_name(version)).unlink(missing_ok=True)
