@@ -144,9 +144,4 @@ def test_drift_in_and_out_of_distribution(blank_torchserve: Path, tmp_path: Path
         assert gauge in text and "catsdogs_estimated_accuracy{" in text
         assert set(stats.IMAGE) <= {s for s in stats.EDGES if f'statistic="{s}"' in text}
     finally:
-        ts.check(
-            ts.call(
-                "management", "DELETE", f"/models/{settings.MODEL_NAME}/{VERSION}", timeout=120
-            ),
-            f"unregister v{VERSION}",
-        )
+        deploy._unregister(VERSION)

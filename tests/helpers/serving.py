@@ -185,10 +185,6 @@ class SessionTorchServe:
         if not serve.is_up():
             serve.start()
 
-    def _unregister(self, version: str) -> None:
-        path = f"/models/{settings.MODEL_NAME}/{version}"
-        ts.check(ts.call("management", "DELETE", path, timeout=120), f"unregister v{version}")
-
     def serving_only(self, version: str = "1") -> None:
         """`version` registered, READY and the default; no other version registered; the archives
         of versions 1 and 2 in the model store (packaged from the registry where missing)."""
@@ -200,7 +196,7 @@ class SessionTorchServe:
         if ts.default_version() != version:
             deploy._set_default(version)
         for other in sorted(registered - {version}):
-            self._unregister(other)
+            deploy._unregister(other)
         found = ts.describe("all")
         assert [e["modelVersion"] for e in found] == [version], found
 
@@ -211,7 +207,7 @@ class SessionTorchServe:
         default = ts.default_version()
         registered = {e["modelVersion"] for e in ts.describe("all")}
         for version in [*sorted(registered - {default}), *([default] if default else [])]:
-            self._unregister(version)
+            deploy._unregister(version)
         assert ts.describe("all") == []
         settings.deployments_file().unlink(missing_ok=True)
         for mar in settings.model_store().glob("*.mar"):
