@@ -2,7 +2,9 @@
 
 The compute limit is the same model trained on pre-made tensors of the same shape (no loading, no
 augmentation). Both run through the same Lightning Trainer for the same number of steps; the first
-steps are warm-up and not timed. Variants show what channels_last and DataLoader workers buy.
+steps are warm-up and not timed. Variants show what channels_last and DataLoader workers buy, at
+each end of the progressive-resizing schedule (`data.train_sizes`: at the small size the loader's
+work, done at the cached size, weighs most), and what torch.compile buys.
 
 Usage: python bench/train_throughput.py [--source ../shared/data/petimages-180.zip]
        [--data-dir data/prepared] [--steps 40] [--config configs/fit.yaml]
@@ -57,7 +59,16 @@ def classifier(model_args: dict[str, Any], **overrides: Any) -> CatsDogsClassifi
     return CatsDogsClassifier(instantiate_class((), args.pop("net")), **args)
 
 
-def train_rate(model_args: dict[str, Any], steps: int, precision: str, **fit_kwargs: Any) -> float:
+def made_batches(batch: int, size: int) -> DataLoader:
+    """Pre-made tensors of the training shape: the compute limit, no loading or augmentation."""
+    made = TensorDataset(torch.randn(batch * 8, 3, size, size), torch.randint(0, 2, (batch * 8,)))
+    return DataLoader(made, batch_size=batch, shuffle=True, drop_last=True)
+
+
+def train_rate(
+    model_args: dict[str, Any], steps: int, precision: str, compile: bool = False, **fit_kwargs: Any
+) -> float:
+    """Samples/s after the warm-up steps (which include torch.compile's compilation)."""
     L.seed_everything(0, verbose=False)
     timer = StepTimer()
     trainer = L.Trainer(
@@ -72,7 +83,8 @@ def train_rate(model_args: dict[str, Any], steps: int, precision: str, **fit_kwa
         devices=1,
         precision=precision,
     )
-    trainer.fit(classifier(model_args), **fit_kwargs)
+    module = classifier(model_args)
+    trainer.fit(torch.compile(module) if compile else module, **fit_kwargs)
     return timer.rate
 
 
@@ -91,11 +103,10 @@ def main() -> None:
     )
     batch, size = data_args["batch_size"], data_args["settings"].image_size
     precision = config["trainer"].get("precision", "32-true")
-
-    made = TensorDataset(torch.randn(batch * 8, 3, size, size), torch.randint(0, 2, (batch * 8,)))
-    compute = DataLoader(made, batch_size=batch, shuffle=True, drop_last=True)
+    # progressive resizing trains at every size in between; the ends bound the loader's share
+    sizes = sorted(set(data_args.get("train_sizes") or [size]))
     result: dict[str, Any] = {
-        "image_size": size,
+        "cached_size": size,
         "batch_size": batch,
         "precision": precision,
         "params_millions": round(
@@ -103,20 +114,40 @@ def main() -> None:
         ),
         "steps": args.steps,
     }
-    for channels_last in (True, False):
-        margs = {**model_args, "channels_last": channels_last}
-        limit = train_rate(margs, args.steps, precision, train_dataloaders=compute)
-        fed = {}
-        for workers in sorted({0, 1, data_args["num_workers"]}):
-            dm = CatsDogsDataModule(**{**data_args, "num_workers": workers})
-            rate = train_rate(margs, args.steps, precision, datamodule=dm)
-            fed[f"workers={workers}"] = round(rate, 1)
-        best = max(fed.values())
-        result[f"channels_last={channels_last}"] = {
-            "compute_limit_samples_per_s": round(limit, 1),
-            "datamodule_samples_per_s": fed,
-            "best_ratio_to_limit": round(best / limit, 3),
-        }
+    for train_size in sizes:
+        compute = made_batches(batch, train_size)
+        for channels_last in (True, False):
+            margs = {**model_args, "channels_last": channels_last}
+            limit = train_rate(margs, args.steps, precision, train_dataloaders=compute)
+            fed = {}
+            for workers in sorted({0, 1, data_args["num_workers"]}):
+                dm = CatsDogsDataModule(
+                    **{**data_args, "num_workers": workers, "train_sizes": (train_size,) * 2}
+                )
+                rate = train_rate(margs, args.steps, precision, datamodule=dm)
+                fed[f"workers={workers}"] = round(rate, 1)
+            best = max(fed.values())
+            result[f"train_size={train_size} channels_last={channels_last}"] = {
+                "compute_limit_samples_per_s": round(limit, 1),
+                "datamodule_samples_per_s": fed,
+                "best_ratio_to_limit": round(best / limit, 3),
+            }
+    # what torch.compile buys on this machine: the compute limit at the final size, compiled
+    eager = result[f"train_size={sizes[-1]} channels_last=True"]["compute_limit_samples_per_s"]
+    start = time.perf_counter()
+    compiled = train_rate(
+        model_args,
+        args.steps,
+        precision,
+        compile=True,
+        train_dataloaders=made_batches(batch, sizes[-1]),
+    )
+    result["torch.compile"] = {
+        "train_size": sizes[-1],
+        "compute_limit_samples_per_s": round(compiled, 1),
+        "ratio_to_eager": round(compiled / eager, 3),
+        "seconds_including_compilation": round(time.perf_counter() - start, 1),
+    }
     print(json.dumps(result, indent=2))
 
 

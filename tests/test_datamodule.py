@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -11,21 +13,27 @@ import torch
 from catsdogs_pl import preprocessing
 from catsdogs_pl.data.datamodule import CatsDogsDataModule
 from catsdogs_pl.data.prepare import Settings
+from catsdogs_pl.errors import ConfigError
 
 
-@pytest.fixture
-def dm(tmp_path: Path) -> CatsDogsDataModule:
+def prepared(tmp_path: Path, image_size: int = 32, **kwargs: Any) -> CatsDogsDataModule:
     module = CatsDogsDataModule(
         source=str(tmp_path / "synthetic"),
         data_dir=str(tmp_path / "prepared"),
-        settings=Settings(image_size=32),
+        settings=Settings(image_size=image_size),
         batch_size=8,
         num_workers=0,
         synthetic_per_class=30,
+        **kwargs,
     )
     module.prepare_data()
     module.setup("fit")
     return module
+
+
+@pytest.fixture
+def dm(tmp_path: Path) -> CatsDogsDataModule:
+    return prepared(tmp_path)
 
 
 def test_batches_are_uint8_then_normalised(dm: CatsDogsDataModule) -> None:
@@ -66,3 +74,36 @@ def test_setup_before_prepare_says_what_to_do(tmp_path: Path) -> None:
     module = CatsDogsDataModule(source=str(tmp_path / "x"), data_dir=str(tmp_path / "none"))
     with pytest.raises(FileNotFoundError, match="prepare_data"):
         module.setup("fit")
+
+
+def test_progressive_resizing_grows_training_batches_only(tmp_path: Path) -> None:
+    module = prepared(tmp_path, image_size=48, train_sizes=(16, 48))
+    assert [module.train_size(e, 5) for e in range(5)] == [16, 32, 32, 48, 48]
+    batch = next(iter(module.train_dataloader()))
+    module.trainer = SimpleNamespace(training=True, current_epoch=0, max_epochs=5)
+    assert module.on_after_batch_transfer(batch, 0)[0].shape[-2:] == (16, 16)
+    module.trainer = SimpleNamespace(training=True, current_epoch=4, max_epochs=5)
+    assert module.on_after_batch_transfer(batch, 0)[0].shape[-2:] == (48, 48)
+    module.trainer = SimpleNamespace(training=False, current_epoch=0, max_epochs=5)
+    images, _ = next(iter(module.val_dataloader()))
+    assert module.on_after_batch_transfer((images, batch[1]), 0)[0].shape[-2:] == (48, 48)
+
+
+def test_random_erasing_is_a_training_transform(tmp_path: Path) -> None:
+    module = CatsDogsDataModule(settings=Settings(image_size=32), random_erasing=1.0)
+    erased = module.train_transform()(torch.full((3, 32, 32), 200, dtype=torch.uint8))
+    assert (erased == 0).any() and (erased > 0).any()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"crop_scale": 0.0}, "data.crop_scale"),
+        ({"random_erasing": 1.5}, "data.random_erasing"),
+        ({"train_sizes": (16, 64)}, "data.train_sizes"),
+        ({"train_sizes": (8, 32)}, "data.train_sizes"),
+    ],
+)
+def test_bad_augmentation_settings_name_the_key(kwargs: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        CatsDogsDataModule(settings=Settings(image_size=32), **kwargs)

@@ -14,6 +14,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
@@ -21,7 +22,7 @@ from catsdogs_pl import preprocessing
 from catsdogs_pl.data import cache, synthetic
 from catsdogs_pl.data.prepare import Settings, prepare, read_manifest
 from catsdogs_pl.data.split import SPLITS
-from catsdogs_pl.errors import MissingError
+from catsdogs_pl.errors import ConfigError, MissingError
 
 
 class CachedImages(Dataset):
@@ -61,11 +62,30 @@ class CatsDogsDataModule(L.LightningDataModule):
         num_workers: int = 2,
         synthetic_per_class: int = 0,
         augment: bool = True,
+        crop_scale: float = 0.7,
+        random_erasing: float = 0.0,
+        train_sizes: tuple[int, int] | None = None,
     ) -> None:
         """`settings` decide the prepared dataset (size, split), exactly as `python -m
         catsdogs_pl.data prepare` takes them; `synthetic_per_class` > 0 draws that many pictures
-        per class into `source` first."""
+        per class into `source` first. Training crops keep at least `crop_scale` of the image
+        and erase a patch with probability `random_erasing`. `train_sizes` (start, end) is
+        progressive resizing: training batches grow linearly from `start` to `end` px over the
+        epochs (small, cheap images early), while evaluation and serving stay at
+        `settings.image_size`."""
         super().__init__()
+        if not 0 < crop_scale <= 1 or not 0 <= random_erasing <= 1:
+            raise ConfigError(
+                f"data.crop_scale={crop_scale}, data.random_erasing={random_erasing}: "
+                "need 0 < crop_scale <= 1 and 0 <= random_erasing <= 1"
+            )
+        if train_sizes is not None and not all(
+            16 <= size <= settings.image_size for size in train_sizes
+        ):
+            raise ConfigError(
+                f"data.train_sizes={list(train_sizes)}: each size must be between 16 and "
+                f"data.settings.image_size={settings.image_size} (the cached size)"
+            )
         self.save_hyperparameters()
         self.settings = settings
         self.datasets: dict[str, CachedImages] = {}
@@ -111,16 +131,26 @@ class CatsDogsDataModule(L.LightningDataModule):
         return np.array([(r.width, r.height) for r in rows], dtype=np.int64).reshape(-1, 2)
 
     def train_transform(self) -> v2.Compose:
-        """Light augmentations on uint8 CHW tensors: a short CPU schedule underfits, so the
-        model needs to fit more, not to be regularised harder."""
+        """Augmentations on uint8 CHW tensors at the cached size, in the loader workers."""
         size = self.settings.image_size
-        return v2.Compose(
-            [
-                v2.RandomResizedCrop(size, scale=(0.7, 1.0), ratio=(0.85, 1.18), antialias=True),
-                v2.RandomHorizontalFlip(),
-                v2.ColorJitter(brightness=0.1, contrast=0.1),
-            ]
-        )
+        scale = (self.hparams.crop_scale, 1.0)
+        steps = [
+            v2.RandomResizedCrop(size, scale=scale, ratio=(0.85, 1.18), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ColorJitter(brightness=0.1, contrast=0.1),
+        ]
+        if self.hparams.random_erasing > 0:
+            steps.append(v2.RandomErasing(self.hparams.random_erasing, value=0))
+        return v2.Compose(steps)
+
+    def train_size(self, epoch: int, max_epochs: int) -> int:
+        """The training image size of `epoch` (0-based): `train_sizes` interpolated linearly,
+        rounded to the nearest multiple of 16 px (the cached size when there is no schedule)."""
+        if self.hparams.train_sizes is None:
+            return self.settings.image_size
+        start, end = self.hparams.train_sizes
+        size = start + (end - start) * epoch / max(1, max_epochs - 1)
+        return min(end, max(start, int(size / 16 + 0.5) * 16))
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -162,4 +192,9 @@ class CatsDogsDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels = batch
+        trainer = self.trainer
+        if trainer is not None and trainer.training:
+            size = self.train_size(trainer.current_epoch, trainer.max_epochs)
+            if size != images.shape[-1]:
+                images = F.interpolate(images.float(), size, mode="bilinear", antialias=True)
         return preprocessing.normalize(images), labels

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassF1Score
+from torchvision.transforms import v2
 
 from catsdogs_pl.errors import ConfigError
 
@@ -47,11 +48,13 @@ class CatsDogsClassifier(L.LightningModule):
         label_smoothing: float = 0.1,
         warmup_fraction: float = 0.15,
         channels_last: bool = True,
+        mix_alpha: float = 0.0,
     ) -> None:
         """`net`: any classifier network with `num_classes` and `init_args` (BaselineCNN); the
         configs name it as `model.net` with `class_path`/`init_args`, and its arguments are saved
         with it (`init_args`), not here. `channels_last` speeds convolutions on CPUs and tensor
-        cores (see bench/)."""
+        cores (see bench/). `mix_alpha` > 0 trains each batch on MixUp or CutMix (chosen at
+        random) with that Beta(alpha, alpha) mixing."""
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
         self.net = net.to(memory_format=torch.channels_last) if channels_last else net
@@ -61,6 +64,14 @@ class CatsDogsClassifier(L.LightningModule):
         self.val_metrics = _metrics(num_classes, "val/")
         self.test_metrics = _metrics(num_classes, "test/")
         self.val_acc_best = MaxMetric()
+        self.mix = None
+        if mix_alpha > 0:
+            self.mix = v2.RandomChoice(
+                [
+                    v2.MixUp(alpha=mix_alpha, num_classes=num_classes),
+                    v2.CutMix(alpha=mix_alpha, num_classes=num_classes),
+                ]
+            )
 
     def setup(self, stage: str) -> None:
         classes = getattr(self.trainer.datamodule, "classes", None)
@@ -80,8 +91,11 @@ class CatsDogsClassifier(L.LightningModule):
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
     ) -> torch.Tensor:
         x, y = batch
+        target = y
+        if self.mix is not None:
+            x, target = self.mix(x, y)  # soft targets; accuracy still counts the major label
         logits = self(x)
-        loss = self.loss(logits, y)
+        loss = self.loss(logits, target)
         self.train_acc(logits, y)
         self.log(TRAIN_LOSS, loss, on_step=True, on_epoch=True, prog_bar=True)
         self.log(TRAIN_ACC, self.train_acc, on_step=False, on_epoch=True)

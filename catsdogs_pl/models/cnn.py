@@ -1,6 +1,7 @@
 """`BaselineCNN`: a small residual network in plain torch, so serving needs no Lightning.
 
-Stride-2 stem, then `depth` stages of residual blocks, each halving the resolution and doubling the
+A stem of stride 2 (one convolution) or 4 (two: a quarter of the pixels for every later layer,
+which on a CPU trains about 4x faster at the same input size), then `depth` stages of residual blocks, each halving the resolution and doubling the
 width. In eval mode it can average the logits of the image and its mirror (flip test-time
 augmentation), so training's evaluation and serving compute exactly the same thing.
 """
@@ -48,6 +49,7 @@ class BaselineCNN(nn.Module):
         blocks_per_stage: int = 1,
         dropout: float = 0.2,
         flip_tta: bool = True,
+        stem_stride: int = 2,
     ) -> None:
         super().__init__()
         if num_classes < 2 or width < 1 or depth < 1 or blocks_per_stage < 1:
@@ -55,6 +57,8 @@ class BaselineCNN(nn.Module):
                 f"num_classes={num_classes}, width={width}, depth={depth}, "
                 f"blocks_per_stage={blocks_per_stage}: need num_classes >= 2 and the rest >= 1"
             )
+        if stem_stride not in (2, 4):
+            raise ValueError(f"stem_stride={stem_stride}: use 2 or 4")
         self.num_classes = num_classes
         self.flip_tta = flip_tta
         # the one record of the architecture: the export writes it, the handler rebuilds from it
@@ -65,8 +69,13 @@ class BaselineCNN(nn.Module):
             "blocks_per_stage": blocks_per_stage,
             "dropout": dropout,
             "flip_tta": flip_tta,
+            "stem_stride": stem_stride,
         }
         layers: list[nn.Module] = [_conv_bn(3, width, stride=2), nn.ReLU(inplace=True)]
+        if stem_stride == 4:
+            half = max(1, width // 2)
+            layers = [_conv_bn(3, half, stride=2), nn.ReLU(inplace=True)]
+            layers += [_conv_bn(half, width, stride=2), nn.ReLU(inplace=True)]
         c_in = width
         for stage in range(depth):
             c_out = width * 2**stage
