@@ -90,17 +90,32 @@ def test_scores_every_shift_and_logs_to_the_run(
     assert json.loads(Path(logged).read_text())["shifts"] == table
 
 
-def test_limit_takes_the_first_photos_of_each_class(
-    tmp_path: Path, prepared: tuple[Path, dict], capsys: pytest.CaptureFixture[str]
-) -> None:
+def _look(
+    tmp_path: Path, prepared: tuple[Path, dict], capsys: pytest.CaptureFixture[str], *extra: str
+) -> tuple[MlflowClient, str, dict]:
+    """Run the command with `extra` flags; the client, the run id and the printed result."""
     data_dir, summary = prepared
     client, run_id, config = _registered(tmp_path, summary["dataset_version"])
     argv = ["--model-version", "1", "--config", str(config), "--data-dir", str(data_dir)]
-    assert robustness.main([*argv, "--limit", "4"]) == 0
+    assert robustness.main([*argv, *extra]) == 0
     printed = capsys.readouterr().out
-    result = json.loads(printed[printed.index("\n{") :])
+    return client, run_id, json.loads(printed[printed.index("\n{") :])
+
+
+def test_limit_takes_the_first_photos_of_each_class(
+    tmp_path: Path, prepared: tuple[Path, dict], capsys: pytest.CaptureFixture[str]
+) -> None:
+    client, run_id, result = _look(tmp_path, prepared, capsys, "--limit", "4")
     assert result["photos_per_class"] == {"cat": 2, "dog": 2}
     assert not client.get_run(run_id).data.metrics  # a quick look is not the version's figure
+
+
+def test_without_flip_tta_scores_the_single_pass_and_logs_nothing(
+    tmp_path: Path, prepared: tuple[Path, dict], capsys: pytest.CaptureFixture[str]
+) -> None:
+    client, run_id, result = _look(tmp_path, prepared, capsys, "--no-flip-tta")
+    assert result["flip_tta"] is False and result["photos"] > 0
+    assert not client.get_run(run_id).data.metrics  # not the version as it is served
 
 
 def test_greyscale_shift_gives_grey_pixels() -> None:
