@@ -19,8 +19,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-# Python style, then the deployment files statically (no Docker engine needed): hadolint,
-# docker compose's own validation (every profile), actionlint on the workflows.
+# Python style, then the deployment files statically (no Docker engine, no cluster needed):
+# hadolint, docker compose's own validation (every profile), actionlint on the workflows, and the
+# Kubernetes overlays rendered by kubectl and schema-checked by kubernetes-validate (skipped,
+# saying so, without kubectl).
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -28,6 +30,7 @@ lint: venv
 	$(VENV)/bin/docker-compose --profile train config --quiet
 	$(VENV)/bin/docker-compose -f docker-compose.yml -f tests/stack/compose.host.yml --profile train config --quiet
 	$(VENV)/bin/actionlint
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash k8s/validate.sh
 
 test: lint
 	$(PY) -m pytest
