@@ -1,9 +1,10 @@
 """`BaselineCNN`: a small residual network in plain torch, so serving needs no Lightning.
 
 A stem of stride 2 (one convolution) or 4 (two: a quarter of the pixels for every later layer,
-which on a CPU trains about 4x faster at the same input size), then `depth` stages of residual blocks, each halving the resolution and doubling the
-width. In eval mode it can average the logits of the image and its mirror (flip test-time
-augmentation), so training's evaluation and serving compute exactly the same thing.
+which on a CPU trains about 4x faster at the same input size), then `depth` stages of residual
+blocks, each halving the resolution and doubling the width. In eval mode it can average the logits
+of the image and its mirror (flip test-time augmentation), so training's evaluation and serving
+compute exactly the same thing.
 """
 
 from __future__ import annotations
@@ -71,11 +72,10 @@ class BaselineCNN(nn.Module):
             "flip_tta": flip_tta,
             "stem_stride": stem_stride,
         }
-        layers: list[nn.Module] = [_conv_bn(3, width, stride=2), nn.ReLU(inplace=True)]
-        if stem_stride == 4:
-            half = max(1, width // 2)
-            layers = [_conv_bn(3, half, stride=2), nn.ReLU(inplace=True)]
-            layers += [_conv_bn(half, width, stride=2), nn.ReLU(inplace=True)]
+        stem = [width] if stem_stride == 2 else [max(1, width // 2), width]
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip([3, *stem[:-1]], stem, strict=True):
+            layers += [_conv_bn(c_in, c_out, stride=2), nn.ReLU(inplace=True)]
         c_in = width
         for stage in range(depth):
             c_out = width * 2**stage
