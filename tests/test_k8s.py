@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from catsdogs_pl import settings
-from tests.helpers.deployment import compose_config, tool
+from tests.helpers.deployment import COMPOSE_FILE, compose_config, tool
 
 K8S = settings.ROOT / "k8s"
 OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if p.is_dir())
@@ -261,8 +261,11 @@ def bad_autoscalers(objects: Objects) -> list[str]:
 
 def compose_images() -> tuple[set[str], set[str]]:
     """(names of the images compose builds from the Dockerfile, other images compose runs as
-    name:tag), as `docker compose config` resolves them."""
-    services = compose_config()["services"].values()
+    name:tag), as `docker compose config` resolves them with its defaults: the image variables
+    set empty, so a stand-in image exported on a CI host (CATSDOGS_POSTGRES_IMAGE=...) does not
+    replace the name the manifests use."""
+    variables = set(re.findall(r"\$\{(CATSDOGS_\w+):-", COMPOSE_FILE.read_text()))
+    services = compose_config(**dict.fromkeys(variables, ""))["services"].values()
     built = {s["image"].rsplit(":", 1)[0] for s in services if "build" in s}
     pulled = {s["image"] for s in services if "build" not in s}
     return built, pulled
