@@ -91,32 +91,26 @@ def pod_labels(obj: dict[str, Any]) -> dict[str, str]:
     return obj["spec"]["template"]["metadata"].get("labels", {})
 
 
-def pod_ports(service: dict[str, Any], objects: Objects) -> set[int]:
-    """Every container port of the pods a Service selects."""
+def selected_ports(service: dict[str, Any], objects: Objects) -> list[dict[str, Any]]:
+    """Every container port entry of the pods a Service selects."""
     selector = service["spec"].get("selector", {})
-    return {
-        p["containerPort"]
+    return [
+        p
         for w in workloads(objects)
         if labels_match(selector, pod_labels(w))
         for _, c in containers(w)
         for p in c.get("ports", [])
-    }
+    ]
+
+
+def pod_ports(service: dict[str, Any], objects: Objects) -> set[int]:
+    """Every container port of the pods a Service selects."""
+    return {p["containerPort"] for p in selected_ports(service, objects)}
 
 
 def service_target_ports(service: dict[str, Any], objects: Objects) -> set[int]:
     """The container ports a Service reaches (named target ports looked up in its pods)."""
-    pods = [
-        w
-        for w in workloads(objects)
-        if labels_match(service["spec"].get("selector", {}), pod_labels(w))
-    ]
-    named = {
-        p["name"]: p["containerPort"]
-        for w in pods
-        for _, c in containers(w)
-        for p in c.get("ports", [])
-        if "name" in p
-    }
+    named = {p["name"]: p["containerPort"] for p in selected_ports(service, objects) if "name" in p}
     found = set()
     for port in service["spec"].get("ports", []):
         target = port.get("targetPort", port["port"])
