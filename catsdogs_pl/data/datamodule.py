@@ -1,8 +1,9 @@
 """`CatsDogsDataModule`: prepared, cached cat/dog images as Lightning dataloaders.
 
 `prepare_data` does the slow, idempotent disk work once (extract, clean, split, cache) and sets no
-state; `setup` only maps the cached arrays. Batches travel as uint8 (4x less to copy to a GPU) and
-are normalised after the transfer with the same constants serving uses.
+state; `setup` only maps the cached arrays. Batches travel as uint8 (4x less to copy to a GPU);
+after the transfer, training batches are augmented as whole batches (`augment_batch`) and every batch is
+normalised with the same constants serving uses.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2
 
 from catsdogs_pl import preprocessing
 from catsdogs_pl.data import cache, synthetic
+from catsdogs_pl.data.augment import augment_batch
 from catsdogs_pl.data.prepare import Settings, prepare, read_manifest
 from catsdogs_pl.data.split import SPLITS
 from catsdogs_pl.errors import ConfigError, MissingError
@@ -28,10 +29,9 @@ from catsdogs_pl.errors import ConfigError, MissingError
 class CachedImages(Dataset):
     """One split of the cache: (uint8 CHW tensor, class index) pairs read from a memory map."""
 
-    def __init__(self, images: Path, labels: Path, transform: Any = None) -> None:
+    def __init__(self, images: Path, labels: Path) -> None:
         self.images_path = images
         self.labels = np.load(labels)
-        self.transform = transform
         self._images: np.ndarray | None = None
 
     def __len__(self) -> int:
@@ -45,8 +45,6 @@ class CachedImages(Dataset):
         if self._images is None:
             self._images = np.load(self.images_path, mmap_mode="r")
         image = torch.from_numpy(np.array(self._images[index])).permute(2, 0, 1)
-        if self.transform is not None:
-            image = self.transform(image)
         return image, int(self.labels[index])
 
 
@@ -130,19 +128,6 @@ class CatsDogsDataModule(L.LightningDataModule):
         rows = [r for r in read_manifest(self.out / "manifest.csv") if r.split == split]
         return np.array([(r.width, r.height) for r in rows], dtype=np.int64).reshape(-1, 2)
 
-    def train_transform(self) -> v2.Compose:
-        """Augmentations on uint8 CHW tensors at the cached size, in the loader workers."""
-        size = self.settings.image_size
-        scale = (self.hparams.crop_scale, 1.0)
-        steps = [
-            v2.RandomResizedCrop(size, scale=scale, ratio=(0.85, 1.18), antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.ColorJitter(brightness=0.1, contrast=0.1),
-        ]
-        if self.hparams.random_erasing > 0:
-            steps.append(v2.RandomErasing(self.hparams.random_erasing, value=0))
-        return v2.Compose(steps)
-
     def train_size(self, epoch: int, max_epochs: int) -> int:
         """The training image size of `epoch` (0-based): `train_sizes` interpolated linearly,
         rounded to the nearest multiple of 16 px (the cached size when there is no schedule)."""
@@ -161,10 +146,7 @@ class CatsDogsDataModule(L.LightningDataModule):
         if problem := cache.check(self.out, summary["dataset_version"], size, verify=False):
             raise RuntimeError(f"{problem} (image_size={size}): call prepare_data() first")
         for split in SPLITS:
-            augment = split == "train" and self.hparams.augment
-            transform = self.train_transform() if augment else None
-            images, labels = cache.split_files(self.out, self.settings.image_size, split)
-            self.datasets[split] = CachedImages(images, labels, transform)
+            self.datasets[split] = CachedImages(*cache.split_files(self.out, size, split))
 
     def _loader(self, split: str, train: bool = False) -> DataLoader:
         workers = self.hparams.num_workers
@@ -195,6 +177,10 @@ class CatsDogsDataModule(L.LightningDataModule):
         trainer = self.trainer
         if trainer is not None and trainer.training:
             size = self.train_size(trainer.current_epoch, trainer.max_epochs)
-            if size != images.shape[-1]:
+            if self.hparams.augment:
+                images = augment_batch(
+                    images, size, self.hparams.crop_scale, self.hparams.random_erasing
+                )
+            elif size != images.shape[-1]:
                 images = F.interpolate(images.float(), size, mode="bilinear", antialias=True)
         return preprocessing.normalize(images), labels
