@@ -1,9 +1,10 @@
 """Training augmentation of whole batches, on the device the batch was moved to.
 
 Each image gets its own crop position, mirroring, brightness, contrast and erased patch; one
-antialiased resize per batch brings the crops to the epoch's training size (progressive resizing). Per-image transforms in loader workers took about a third of a CPU epoch
-and were done at the cached size even when the epoch trained on smaller images; this costs a few
-percent of a training step (bench/train_throughput.py) and nothing measurable on a GPU.
+antialiased resize per batch brings the crops to the epoch's training size (progressive resizing).
+Per-image transforms in loader workers took about a third of a CPU epoch, at the cached size even
+when the epoch trained on smaller images; this costs a few percent of a training step
+(bench/train_throughput.py) and the batch stays on the GPU when there is one.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 `prepare_data` does the slow, idempotent disk work once (extract, clean, split, cache) and sets no
 state; `setup` only maps the cached arrays. Batches travel as uint8 (4x less to copy to a GPU);
-after the transfer, training batches are augmented as whole batches (`augment_batch`) and every batch is
+after the transfer, training batches are augmented whole (`augment_batch`) and every batch is
 normalised with the same constants serving uses.
 """
 
