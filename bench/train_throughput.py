@@ -3,11 +3,12 @@
 The compute limit is the same model trained on pre-made tensors of the same shape (no loading, no
 augmentation). Both run through the same Lightning Trainer for the same number of steps; the first
 steps are warm-up and not timed. Variants show what channels_last and DataLoader workers buy, at
-each end of the progressive-resizing schedule (`data.train_sizes`: at the small size the loader's
-work, done at the cached size, weighs most), and what torch.compile buys.
+each end of the progressive-resizing schedule (`data.train_sizes`: at the small size the batch
+augmentation and reading the cache weigh most against a cheap step), what the batch augmentation
+costs against a training step, and what torch.compile buys.
 
 Usage: python bench/train_throughput.py [--source ../shared/data/petimages-180.zip]
-       [--data-dir data/prepared] [--steps 40] [--config configs/fit.yaml]
+       [--data-dir data/prepared] [--steps 120] [--config configs/fit.yaml]
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import yaml
 from lightning.pytorch.cli import instantiate_class
 from torch.utils.data import DataLoader, TensorDataset
 
+from catsdogs_pl.data.augment import augment_batch
 from catsdogs_pl.data.datamodule import CatsDogsDataModule
 from catsdogs_pl.data.prepare import Settings
 from catsdogs_pl.models.classifier import CatsDogsClassifier
@@ -88,13 +90,23 @@ def train_rate(
     return timer.rate
 
 
+def augment_ms(dm: CatsDogsDataModule, size: int, repeats: int = 20) -> float:
+    """Milliseconds that `augment_batch` takes for one training batch of the cache at `size`."""
+    images, _ = next(iter(dm.train_dataloader()))
+    augment_batch(images, size, dm.hparams.crop_scale)  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        augment_batch(images, size, dm.hparams.crop_scale)
+    return round(1000 * (time.perf_counter() - start) / repeats, 2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     root = Path(__file__).parents[1]
     parser.add_argument("--config", type=Path, default=root / "configs" / "fit.yaml")
     parser.add_argument("--source", default=str(root.parent / "shared/data/petimages-180.zip"))
     parser.add_argument("--data-dir", default="data/prepared")
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=120)  # 40 steps at 64 px: 2 s, too noisy
     args = parser.parse_args()
     config = yaml.safe_load(args.config.read_text())
     model_args, data_args = config["model"], config["data"]
@@ -131,6 +143,8 @@ def main() -> None:
                 "compute_limit_samples_per_s": round(limit, 1),
                 "datamodule_samples_per_s": fed,
                 "best_ratio_to_limit": round(best / limit, 3),
+                "augment_ms_per_batch": augment_ms(dm, train_size),
+                "step_ms_at_compute_limit": round(1000 * batch / limit, 1),
             }
     # what torch.compile buys on this machine: the compute limit at the final size, compiled
     eager = result[f"train_size={sizes[-1]} channels_last=True"]["compute_limit_samples_per_s"]
