@@ -246,16 +246,16 @@ def test_prometheus_scrapes_both_targets_and_loads_the_rules(stack: Stack, repor
     # The targets are up from the start (serve's endpoint answers before any version exists),
     # so wait for the scrape that saw v1's READY workers too: one scrape interval (15 s) after
     # the deployment, which the tests before this one may not have outlasted.
+    jobs = ("torchserve", "catsdogs-workers", "catsdogs-monitor")
+    query = f"{PROMETHEUS}/api/v1/query?query=catsdogs_ready_workers"
     deadline = time.monotonic() + 90
     while True:
         targets = _get_json(f"{PROMETHEUS}/api/v1/targets")["data"]["activeTargets"]
         health = {t["labels"]["job"]: t["health"] for t in targets}
-        query = f"{PROMETHEUS}/api/v1/query?query=catsdogs_ready_workers"
         ready = {
             r["metric"]["model_version"]: float(r["value"][1])
             for r in _get_json(query)["data"]["result"]
         }
-        jobs = ("torchserve", "catsdogs-workers", "catsdogs-monitor")
         if all(health.get(job) == "up" for job in jobs) and ready.get("1", 0) > 0:
             break
         assert time.monotonic() < deadline, (targets, ready)
