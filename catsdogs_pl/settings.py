@@ -8,9 +8,14 @@ and docker compose use.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
+
+from catsdogs_pl.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_NAME = "catsdogs"
@@ -28,19 +33,70 @@ def model_store() -> Path:
     return home() / "model-store"
 
 
-def deployment_history() -> list[str]:
-    """The versions `deploy` made the default, oldest first (what rollback goes back to)."""
-    path = deployments_file()
-    return json.loads(path.read_text()) if path.exists() else []
-
-
 def deployments_file() -> Path:
     return home() / "deployments.json"
 
 
-def mar_name(version: str | int) -> str:
-    """The archive of registered version N: its TorchServe version is the MLflow version."""
-    return f"{MODEL_NAME}_v{version}.mar"
+@contextlib.contextmanager
+def locked(name: str) -> Iterator[None]:
+    """An exclusive lock on `name` in the state folder, for the block: every process and container
+    that shares the folder (the compose trainer, K8s deploy pods) waits its turn."""
+    path = home() / f".{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename: a crash mid-write leaves the
+    old file or the new one, never a truncated one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def deployment_history() -> list[str]:
+    """The archives `deploy` made the default, oldest first (what rollback goes back to); an
+    unreadable file is an error that names it, never a crash loop of `serve run`."""
+    path = deployments_file()
+    if not path.exists():
+        return []
+    try:
+        history = json.loads(path.read_text())
+        return [str(entry) for entry in history]
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise ConfigError(f"{path} is not a JSON list of archives ({exc}): fix or delete it") from exc
+
+
+def save_deployment_history(history: list[str]) -> None:
+    write_atomically(deployments_file(), json.dumps(history))
+
+
+def mar_name(version: str | int, key: str) -> str:
+    """The archive of registered version N, with `key` naming what is inside (see package.identity):
+    its TorchServe version is the MLflow version, and TorchServe's modelUrl tells which build of
+    that version it serves."""
+    return f"{MODEL_NAME}_v{version}-{key}.mar"
+
+
+def archive_version(mar: str) -> str:
+    """The version of an archive name (`catsdogs_v3-0a1b2c3d4e5f.mar` -> "3"); a bare version, as
+    older deployments.json files hold, is its own."""
+    return mar.removeprefix(f"{MODEL_NAME}_v").removesuffix(".mar").split("-", 1)[0]
+
+
+def find_mar(entry: str) -> Path | None:
+    """The archive in the model store for a deployments.json entry: an archive name, or a bare
+    version (the newest archive of that version, older `catsdogs_vN.mar` names included)."""
+    store = model_store()
+    if entry.endswith(".mar"):
+        return store / entry if (store / entry).exists() else None
+    found = [*store.glob(f"{MODEL_NAME}_v{entry}-*.mar"), *store.glob(f"{MODEL_NAME}_v{entry}.mar")]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
 def ts_properties(path: Path = TS_CONFIG) -> dict[str, str]:
