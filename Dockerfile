@@ -79,6 +79,9 @@ RUN mkdir catsdogs_pl && touch catsdogs_pl/__init__.py README.md \
     && pip install --editable . "mlflow==${MLFLOW_VERSION}" \
     && rm -r catsdogs_pl
 COPY --from=serve /app /app
+# The work folder (checkpoints/, data/) exists, owned by catsdogs: a new volume mounted on it
+# starts with this owner instead of root's.
+RUN install -d -o catsdogs -g catsdogs /home/catsdogs/work
 USER 10001:10001
-WORKDIR /home/catsdogs
+WORKDIR /home/catsdogs/work
 CMD ["python", "-m", "catsdogs_pl.fit", "--help"]

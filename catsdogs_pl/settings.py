@@ -69,7 +69,9 @@ def deployment_history() -> list[str]:
         history = json.loads(path.read_text())
         return [str(entry) for entry in history]
     except (json.JSONDecodeError, TypeError) as exc:
-        raise ConfigError(f"{path} is not a JSON list of archives ({exc}): fix or delete it") from exc
+        raise ConfigError(
+            f"{path} is not a JSON list of archives ({exc}): fix or delete it"
+        ) from exc
 
 
 def save_deployment_history(history: list[str]) -> None:
@@ -99,10 +101,16 @@ def find_mar(entry: str) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
-def ts_properties(path: Path = TS_CONFIG) -> dict[str, str]:
+def ts_config() -> Path:
+    """The TorchServe config: CATSDOGS_TS_CONFIG when it names one of the user's (say, with another
+    token_expiration_min, which TorchServe reads from no environment variable), else ours."""
+    return Path(os.environ.get("CATSDOGS_TS_CONFIG") or TS_CONFIG)
+
+
+def ts_properties() -> dict[str, str]:
     """config.properties as a dict (key=value lines, # comments)."""
     props = {}
-    for line in path.read_text().splitlines():
+    for line in ts_config().read_text().splitlines():
         line = line.strip()
         if line and not line.startswith("#") and "=" in line:
             key, value = line.split("=", 1)

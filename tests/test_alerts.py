@@ -3,7 +3,8 @@
 A PromQL expression that parses and names real metrics can still never fire (TorchServe exports a
 counter only after its first increment, and `a + <empty>` is empty), so each alert is run against
 series over time, and every alert must have a case where it fires and one where it stays quiet.
-The drift alerts must also say what catsdogs_pl/monitoring says: its thresholds, its image statistics.
+The drift alerts must also say what catsdogs_pl/monitoring says: its thresholds, its image statistics;
+the error alerts page only for requests that reached inference (issue 21).
 """
 
 from __future__ import annotations
@@ -77,3 +78,31 @@ def test_drift_alerts_follow_the_monitor() -> None:
     assert re.search(rf"\)\s*>\s*{re.escape(str(drift.ACCURACY_DROP))}\s*$", expr), expr
     for name in ("CatsDogsInputDrift", "CatsDogsConfidenceDrop"):
         assert "model_version" in rules[name]["annotations"]["summary"], name
+
+
+def test_errors_page_only_for_requests_that_reached_inference() -> None:
+    """Issue 21: a form-encoded body (a bare `curl --data-binary`) that fails to URL-decode is a 500
+    of TorchServe's frontend before inference, the client's doing. The page counts only requests
+    that reached inference (ts_inference_requests_total) and got neither a prediction nor a 400, the
+    handler's counters; the share of every 5xx only warns, and says the likely cause."""
+    rules = _rules()
+    page, warn = rules["CatsDogsHighErrorRate"], rules["CatsDogsFrontendErrors"]
+    assert (page["labels"]["severity"], warn["labels"]["severity"]) == ("page", "warn")
+
+    def rated(expr: str) -> set[str]:
+        return set(re.findall(r"rate\((\w+)\[", expr))
+
+    handled = {"CatsDogsPredictions", "CatsDogsRejectedInputs"}
+    assert rated(page["expr"]) == {"ts_inference_requests_total", *handled}, page["expr"]
+    assert rated(warn["expr"]) == {"Requests2XX", "Requests4XX", "Requests5XX"}, warn["expr"]
+    handler = (settings.ROOT / "handlers" / "catsdogs_handler.py").read_text()
+    for name in handled:  # what the page subtracts is what the handler counts, one per image
+        assert f'add_counter("{name}", 1' in handler, name
+    for rule in (page, warn):
+        # every counter summed over its label sets, and 0 until TorchServe exports it
+        rates = re.findall(r"rate\(\w+\[5m\]\)", rule["expr"])
+        summed = re.findall(r"sum\((rate\(\w+\[5m\]\))\) or vector\(0\)", rule["expr"])
+        assert rates and summed == rates, rule["expr"]
+    cause = warn["annotations"]["description"]
+    for hint in ("x-www-form-urlencoded", "application/octet-stream", "-T", "-F"):
+        assert hint in cause, hint

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
 from catsdogs_pl import mlflow_server, settings
 from catsdogs_pl.serving import serve
-from tests.helpers.deployment import compose_config
+from tests.helpers.deployment import COMPOSE_FILE, compose_binary, compose_config
 
 SERVICES = {"torchserve", "monitor", "mlflow", "postgres", "prometheus", "grafana", "trainer"}
 CONFIGS = settings.ROOT / "configs"
+HOST_OVERRIDE = settings.ROOT / "tests" / "stack" / "compose.host.yml"
 
 
 def test_seven_services_with_healthchecks_and_ordered_start() -> None:
@@ -93,6 +97,7 @@ def test_alerts_and_dashboard_use_metrics_that_exist() -> None:
     alerts = {r["alert"]: r["expr"] for g in rules["groups"] for r in g["rules"]}
     assert set(alerts) == {
         "CatsDogsHighErrorRate",
+        "CatsDogsFrontendErrors",
         "CatsDogsHighLatencyP95",
         "CatsDogsNoReadyWorker",
         "CatsDogsInputDrift",
@@ -195,3 +200,95 @@ def test_workflow_pushes_the_images_its_stack_test_passed() -> None:
     push = next(i for i, run in enumerate(steps) if "docker push" in run)
     assert build < test < push and "docker build" not in steps[push]
     assert jobs["stack"]["env"]["CATSDOGS_STACK_REQUIRED"] == "1"  # a skip would be a failure
+
+
+def _host_config(**env: str) -> dict:
+    """compose_config() with tests/stack/compose.host.yml on top (host networking)."""
+    cmd = [compose_binary(), "-f", str(COMPOSE_FILE), "-f", str(HOST_OVERRIDE)]
+    cmd += ["--profile", "train", "config", "--format", "json"]
+    out = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def test_the_trainer_reaches_both_torchserve_apis() -> None:
+    """deploy asks the management API and `deploy --gate` the inference API: each where torchserve
+    binds it, on compose's network and on the host's (where only the port tells them apart)."""
+    props = settings.ts_properties()
+    host = _host_config(CATSDOGS_INFERENCE_PORT="9001")
+    assert "torchserve=127.0.0.1" in host["services"]["trainer"]["extra_hosts"]
+    for config in (compose_config(), host):
+        services = config["services"]
+        trainer = services["trainer"]["environment"]
+        bound = services["torchserve"].get("environment") or {}  # none: config.properties
+        for kind in ("inference", "management"):
+            key = f"TS_{kind.upper()}_ADDRESS"
+            url = urlsplit(trainer[key])
+            assert url.hostname == "torchserve", trainer[key]
+            assert url.port == urlsplit(bound.get(key, props[f"{kind}_address"])).port, kind
+    assert urlsplit(host["services"]["trainer"]["environment"]["TS_INFERENCE_ADDRESS"]).port == 9001
+
+
+def test_the_trainers_work_folder_outlives_its_container() -> None:
+    """checkpoints/ and data/ (fit.yaml's relative paths) in a named volume that user 10001 can
+    write: a new volume takes the owner of the image's folder, root unless the image made it."""
+    config = compose_config()
+    trainer = config["services"]["trainer"]
+    work = trainer["working_dir"]
+    mount = next(v for v in trainer["volumes"] if v["target"] == work)
+    assert mount["type"] == "volume" and mount["source"] in config["volumes"]
+    fit = yaml.safe_load((CONFIGS / "fit.yaml").read_text())
+    for path in (fit["checkpoint_dir"], fit["data"]["data_dir"]):
+        assert not Path(path).is_absolute(), path
+    train = _stage("train")
+    made = train.index(f"RUN install -d -o catsdogs -g catsdogs {work}\n")
+    assert made < train.index("USER 10001:10001") and f"WORKDIR {work}\n" in train
+
+
+def test_changed_passwords_apply_at_the_next_start() -> None:
+    """postgres and grafana start through a script of configs/ that sets the password from the
+    environment, then runs the image's own entrypoint."""
+    services = compose_config()["services"]
+    for name, image_entrypoint in (("postgres", "docker-entrypoint.sh"), ("grafana", "/run.sh")):
+        script = CONFIGS / name / "entrypoint.sh"
+        mount = next(v for v in services[name]["volumes"] if v["source"] == str(script))
+        assert mount["read_only"] and services[name]["entrypoint"] == ["sh", mount["target"]]
+        assert script.read_text().rstrip().endswith(f'exec {image_entrypoint} "$@"')
+    assert services["postgres"]["command"] == ["postgres"]  # an entrypoint drops the image's CMD
+    grafana = (CONFIGS / "grafana" / "entrypoint.sh").read_text()
+    assert "reset-admin-password --password-from-stdin" in grafana  # not on a command line
+
+
+def test_the_postgres_entrypoint_sets_the_password_once_the_database_exists(
+    tmp_path: Path,
+) -> None:
+    """configs/postgres/entrypoint.sh with the image's commands as stubs that log their arguments
+    and input: the first start is the image's alone; later ones set the password through a
+    private server first, the password never on a command line. (Tried on the stand-in image
+    for real: a changed password applies, also after `docker kill`.)"""
+    stubs, data, log = tmp_path / "bin", tmp_path / "data", tmp_path / "log"
+    stubs.mkdir()
+    data.mkdir()
+    for name in ("pg_ctl", "psql", "docker-entrypoint.sh"):
+        stdin = "cat" if name == "psql" else ":"
+        (stubs / name).write_text(f'#!/bin/sh\necho "{name} $*" >>{log}\n{stdin} >>{log}\n')
+    (stubs / "setpriv").write_text('#!/bin/sh\nshift 3\nexec "$@"\n')  # as root: to postgres
+    for stub in stubs.iterdir():
+        stub.chmod(0o755)
+    env = {"PATH": f"{stubs}:/usr/bin:/bin", "PGDATA": str(data), "POSTGRES_USER": "mlflow"}
+    env["POSTGRES_PASSWORD"] = "s3cret 'pw"
+    start = ["sh", str(CONFIGS / "postgres" / "entrypoint.sh"), "-c", "work_mem=64MB"]
+    subprocess.run(start, env=env, check=True)
+    assert log.read_text() == "docker-entrypoint.sh postgres -c work_mem=64MB\n"
+    (data / "PG_VERSION").write_text("16\n")
+    log.unlink()
+    subprocess.run(start, env=env, check=True)
+    lines = log.read_text().splitlines()
+    order = ["pg_ctl", "psql", "\\getenv", "ALTER", "pg_ctl", "docker-entrypoint.sh"]
+    assert [line.split()[0] for line in lines] == order
+    assert "listen_addresses='' -c unix_socket_directories=" in lines[0] and "start" in lines[0]
+    assert lines[2:4] == [
+        "\\getenv password POSTGRES_PASSWORD",
+        "ALTER ROLE :\"user\" PASSWORD :'password';",
+    ]
+    assert lines[-1] == "docker-entrypoint.sh postgres -c work_mem=64MB"
+    assert "s3cret" not in log.read_text()

@@ -95,7 +95,7 @@ def test_finetune_fit_register_package_serve_predict(
         run = client.get_run(summary.run_id)
         assert run.data.params["net/arch"] == ARCH and "test/acc" in run.data.metrics
         assert "registered and default now" in deploy.deploy(version=version)
-        mar = settings.model_store() / settings.mar_name(version)
+        mar = settings.find_mar(version)
         with zipfile.ZipFile(mar) as archive:
             architecture = json.loads(archive.read(export.ARCHITECTURE))
             assert "catsdogs_backbone.py" in archive.namelist()
@@ -113,4 +113,5 @@ def test_finetune_fit_register_package_serve_predict(
         if version in {e["modelVersion"] for e in ts.describe("all")}:
             deploy._unregister(version)
         client.delete_model_version(settings.MODEL_NAME, version)
-        (settings.model_store() / settings.mar_name(version)).unlink(missing_ok=True)
+        for mar in settings.model_store().glob(settings.mar_name(version, "*")):
+            mar.unlink()

@@ -7,6 +7,8 @@ this module."""
 
 from __future__ import annotations
 
+import http.client
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +17,7 @@ import pytest
 from mlflow import MlflowClient
 
 from catsdogs_pl import settings
-from catsdogs_pl.errors import ConfigError, MissingError, run
+from catsdogs_pl.errors import ConfigError, MissingError, UnreachableError, run
 from catsdogs_pl.serving import deploy, gate
 from catsdogs_pl.serving import torchserve as ts
 from catsdogs_pl.training import tracking
@@ -26,6 +28,7 @@ from tests.helpers.gate import (
     make_gate_folder,
     register_versions,
 )
+from tests.helpers.ports import free_ports
 from tests.helpers.serving import SessionTorchServe
 
 
@@ -73,6 +76,36 @@ def test_verdict_tolerance_and_failures() -> None:
         "accuracy 0.900 on 10 photos of trusted is under v2's 1.000 - tolerance 0.00, "
         "no request failed"
     )
+
+
+def test_no_answer_from_the_server_ends_the_gate_unscored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    photos = gate.load_photos(make_gate_folder(tmp_path / "photos", per_class=2), CLASSES)
+    address = f"http://127.0.0.1:{free_ports(1)[0]}"  # nothing listens there
+    monkeypatch.setenv("CATSDOGS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TS_INFERENCE_ADDRESS", address)
+    with pytest.raises(UnreachableError) as raised:  # the first refused connection: no waiting
+        gate.score("4", photos)
+    assert str(raised.value).startswith(
+        f"gate: no answer to v4's requests from TorchServe's inference API at {address} ("
+    )
+    assert "set TS_INFERENCE_ADDRESS to where it listens. Nothing recorded" in str(raised.value)
+
+    def lost(*_args: object, **_kwargs: object) -> tuple[int, dict[str, str]]:
+        """A request sent, then the connection dropped (what a worker that dies may cause)."""
+        try:
+            raise http.client.RemoteDisconnected("closed without response")
+        except OSError as exc:
+            raise ts.TorchServeError(f"TorchServe is not answering at {address} ({exc})") from exc
+
+    answers = iter([lost, lambda *a, **k: (200, {"label": "cat"})] + [lost] * 2)
+    monkeypatch.setattr(gate, "predict", lambda *a, **k: next(answers)(*a, **k))
+    result = gate.score("4", photos)  # one answer: the others are the version's failures
+    assert (result.correct, len(result.failures)) == (1, 3)
+    monkeypatch.setattr(gate, "predict", lost)
+    with pytest.raises(UnreachableError, match=re.escape(address)):  # no answer at all
+        gate.score("4", photos)
 
 
 @pytest.fixture(scope="module")
@@ -190,3 +223,29 @@ def test_a_failed_request_refuses_even_with_nothing_deployed(
     assert message.endswith(f"default stays none; v{good} unregistered again")
     assert ts.describe("all") == []
     assert registry(good)[0]["gate_baseline_version"] == "none"
+
+
+def test_an_unreachable_inference_api_records_nothing(
+    served: Path,
+    gate_setup: tuple[str, str, Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only TS_MANAGEMENT_ADDRESS right (the compose trainer before issue 21): the gate cannot
+    score, so it says where it asked, and neither the registry nor the server changes."""
+    good, _, folder = gate_setup
+    client = MlflowClient(tracking.resolve_tracking_uri())
+    run_id = client.get_model_version(settings.MODEL_NAME, good).run_id
+    before = registry(good), len(client.get_metric_history(run_id, "serving/acc"))
+    served_before = {e["modelVersion"] for e in ts.describe("all")}
+    address = f"http://127.0.0.1:{free_ports(1)[0]}"
+    with monkeypatch.context() as patch:
+        patch.setenv("TS_INFERENCE_ADDRESS", address)
+        code, message = gated(capsys, good, folder)
+    assert code == 2, message
+    assert message.startswith(
+        f"error: gate: no answer to v{good}'s requests from TorchServe's inference API at {address}"
+    )
+    assert (registry(good), len(client.get_metric_history(run_id, "serving/acc"))) == before
+    assert {e["modelVersion"] for e in ts.describe("all")} == served_before  # unregistered again
+    assert ts.default_version() == "1"

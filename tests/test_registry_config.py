@@ -30,7 +30,7 @@ def test_package_reads_the_registered_model_from_the_config(
     config.write_text(f"mlflow:\n  registered_model: pets\n  tracking_uri: {uri}\n")
 
     assert package.main(["--model-version", "1", "--config", str(config)]) == 0
-    assert (tmp_path / "home" / "model-store" / "catsdogs_v1.mar").is_file()
+    assert len(list((tmp_path / "home" / "model-store").glob("catsdogs_v1-*.mar"))) == 1
     # the shipped configs name `catsdogs`, which this registry does not have
     with pytest.raises(package.NotRegisteredError, match="registered model 'catsdogs'"):
         package.package("1", mlflow=MlflowSettings(tracking_uri=uri))

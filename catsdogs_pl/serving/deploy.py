@@ -7,32 +7,42 @@
                                                              as the default (less T) and fails no
                                                              request; else exit 1, default kept
   deploy rollback                                            the previous default again
-  deploy list                                                versions, default, workers
+  deploy list                                                versions, default, workers, retired
   deploy scale --workers K                                   workers of the default version
 
-Each call says what changed. The defaults set by deploy are kept in `$CATSDOGS_HOME/deployments.json`
-so rollback knows where to go back to, and the registry version gets the tag `default_since`.
+Each call says what changed. The archives deploy made the default are kept, oldest first, in
+`$CATSDOGS_HOME/deployments.json` (written atomically, under a lock of the state folder), so rollback
+knows where to go back to; the registry version gets the tag `default_since` (the one it replaced,
+`default_until`). Versions are what they say: TorchServe's modelUrl names the archive it serves
+(`catsdogs_vN-<key>.mar`, see package), and a version registered from another archive (another
+tracking store's "vN") is registered again. A bounded lifecycle: the default and the `--keep`
+(default 1) newest previous defaults stay registered with their workers; older ones are
+unregistered, their archives kept for rollback.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import urllib.parse
 from pathlib import Path
 
+from mlflow.exceptions import MlflowException
+
 from catsdogs_pl import settings
-from catsdogs_pl.errors import ConfigError, run
+from catsdogs_pl.errors import CatsDogsError, ConfigError, run
 from catsdogs_pl.serving import gate
 from catsdogs_pl.serving import torchserve as ts
-from catsdogs_pl.serving.package import add_version_arguments, mlflow_settings, package
+from catsdogs_pl.serving.package import (
+    add_store_arguments,
+    add_version_arguments,
+    mlflow_settings,
+    package,
+)
 from catsdogs_pl.training import tracking
 from catsdogs_pl.training.tracking import MlflowSettings
 
-
-def _save_history(history: list[str]) -> None:
-    settings.deployments_file().write_text(json.dumps(history))
+KEEP = 1  # previous defaults that stay registered with workers, for an instant rollback
 
 
 def _set_default(version: str) -> None:
@@ -40,23 +50,39 @@ def _set_default(version: str) -> None:
     ts.check(ts.call("management", "PUT", path), f"set-default v{version}")
 
 
+def _registered() -> dict[str, str]:
+    """Registered version -> the archive TorchServe loaded it from."""
+    return {e["modelVersion"]: e["modelUrl"] for e in ts.describe("all")}
+
+
+def _default_archive() -> str | None:
+    found = ts.describe("")
+    return found[0]["modelUrl"] if found else None
+
+
 def _register(version: str, mar: Path) -> bool:
-    """Register `mar` as `version` unless TorchServe already has it, and wait until it is READY.
-    True when it was registered now."""
-    registered = version in {e["modelVersion"] for e in ts.describe("all")}
-    if not registered:
-        if not mar.exists():
-            raise ts.TorchServeError(
-                f"v{version} is not registered and {mar} is missing: deploy it"
-            )
-        query = urllib.parse.urlencode(
-            {"url": mar.name, "model_name": settings.MODEL_NAME, "synchronous": "true"}
-        )
-        response = ts.call("management", "POST", f"/models?{query}", timeout=300)
-        logs = settings.home() / "logs" / "model_log.log"  # a broken archive's traceback is there
-        ts.check(response, f"register {mar} (the workers' errors: {logs})")
+    """Register `mar` as `version` unless TorchServe already serves this very archive, and wait
+    until it is READY; a version registered from another archive is unregistered first. True
+    when it was registered now."""
+    registered = _registered()
+    if registered.get(version) == mar.name:
+        ts.wait_ready(version)
+        return False
+    if not mar.exists():
+        raise ts.TorchServeError(f"v{version} is not registered and {mar} is missing: deploy it")
+    if version in registered:  # another build under the same number: never serve it as this one
+        others = sorted(set(registered) - {version}, key=int)
+        if ts.default_version() == version and others:
+            _set_default(others[-1])  # TorchServe refuses to unregister a default with company
+        _unregister(version)
+    query = urllib.parse.urlencode(
+        {"url": mar.name, "model_name": settings.MODEL_NAME, "synchronous": "true"}
+    )
+    response = ts.call("management", "POST", f"/models?{query}", timeout=300)
+    logs = settings.home() / "logs" / "model_log.log"  # a broken archive's traceback is there
+    ts.check(response, f"register {mar} (the workers' errors: {logs})")
     ts.wait_ready(version)
-    return not registered
+    return True
 
 
 def _unregister(version: str) -> None:
@@ -64,25 +90,64 @@ def _unregister(version: str) -> None:
     ts.check(ts.call("management", "DELETE", path, timeout=120), f"unregister v{version}")
 
 
+def _retire(history: list[str], keep: int) -> list[str]:
+    """Unregister every version but the default and the `keep` newest previous defaults of
+    `history`; their archives stay in the model store. Returns the versions retired."""
+    default = ts.default_version()
+    kept = [default]
+    for entry in reversed(history):
+        version = settings.archive_version(entry)
+        if len(kept) > keep:
+            break
+        if version not in kept:
+            kept.append(version)
+    retired = sorted(set(_registered()) - set(kept), key=int)
+    for version in retired:
+        _unregister(version)
+    return retired
+
+
+def _tag_default(mlflow: MlflowSettings, version: str, replaced: str | None) -> str:
+    """Registry tags: `default_since` on the new default, `default_until` on the one it replaced.
+    Serving has already changed, so a registry that does not answer is reported, not fatal."""
+    try:
+        client = tracking.client(mlflow)
+        now = tracking.utc_now()
+        client.set_model_version_tag(mlflow.registered_model, version, "default_since", now)
+        if replaced and replaced != version:
+            client.set_model_version_tag(mlflow.registered_model, replaced, "default_until", now)
+    except (MlflowException, CatsDogsError, OSError) as exc:
+        return f"; registry tags not set ({exc})"
+    return ""
+
+
 def _make_default(
-    version: str, previous: str | None, registered: bool, mlflow: MlflowSettings
+    version: str,
+    mar: Path,
+    previous: str | None,
+    registered: bool,
+    mlflow: MlflowSettings,
+    keep: int = KEEP,
 ) -> str:
-    """set-default, the history rollback walks back through, and the registry tag
-    `default_since`, so the registry shows since when each version serves; says what changed."""
-    _set_default(version)
-    history = settings.deployment_history()
-    if previous and (not history or history[-1] != previous):
-        history.append(previous)  # the server had a default this file did not know about
-    if not history or history[-1] != version:
-        history.append(version)
-    _save_history(history)
-    if previous != version:
-        tracking.client(mlflow).set_model_version_tag(
-            mlflow.registered_model, version, "default_since", tracking.utc_now()
-        )
+    """set-default, the history rollback walks back through (`previous`: the archive that was the
+    default), the retired versions and the registry tags, under the state folder's lock (two
+    deploys at once keep both entries); says what changed."""
+    with settings.locked("deployments"):
+        _set_default(version)
+        history = settings.deployment_history()
+        if not history or history[-1] != mar.name:  # one deploy over many pods is one entry
+            if previous and (not history or history[-1] != previous):
+                history.append(previous)  # the server had a default this file did not know about
+            history.append(mar.name)
+            settings.save_deployment_history(history)
+        retired = _retire(history, keep)
+    was = settings.archive_version(previous) if previous else None
+    tags = _tag_default(mlflow, version, was)
     action = "registered and " if registered else ""
-    was = f"v{previous}" if previous else "none"
-    return f"catsdogs v{version}: {action}default now (was {was})"
+    gone = f"; retired {', '.join('v' + v for v in retired)} (archives kept)" if retired else ""
+    return (
+        f"catsdogs v{version}: {action}default now (was {'v' + was if was else 'none'}){gone}{tags}"
+    )
 
 
 def deploy(
@@ -90,14 +155,16 @@ def deploy(
     alias: str | None = None,
     run_id: str | None = None,
     mlflow: MlflowSettings | None = None,
+    keep: int = KEEP,
 ) -> str:
     """Package (if needed), register and make the default one version of `mlflow`'s registered
-    model (default: the fit config's); says what changed."""
+    model (default: the fit config's), keeping `keep` previous defaults registered; says what
+    changed."""
     mlflow = mlflow or MlflowSettings.from_config()
     version, mar = package(version, alias, run_id, mlflow=mlflow)
-    previous = ts.default_version()
+    previous = _default_archive()
     registered = _register(version, mar)
-    return _make_default(version, previous, registered, mlflow)
+    return _make_default(version, mar, previous, registered, mlflow, keep)
 
 
 def deploy_gated(
@@ -107,54 +174,77 @@ def deploy_gated(
     alias: str | None = None,
     run_id: str | None = None,
     mlflow: MlflowSettings | None = None,
+    keep: int = KEEP,
 ) -> tuple[bool, str]:
     """`deploy`, but only when the version, registered beside the default and asked through the
     inference API, scores on the photos of `folder` at least the default's accuracy less
-    `tolerance` and fails no request; else the server is left as it was. (passed, what happened
-    with both figures.)"""
+    `tolerance` and fails no request; else the server and the model store are left as they were.
+    (passed, what happened with both figures.)"""
     if not 0.0 <= tolerance <= 1.0:
         raise ConfigError(f"--tolerance {tolerance}: an accuracy difference, from 0 to 1")
     mlflow = mlflow or MlflowSettings.from_config()
+    archives = set(settings.model_store().glob("*.mar"))
     version, mar = package(version, alias, run_id, mlflow=mlflow)
     photos = gate.load_photos(folder, gate.archive_classes(mar))
-    previous = ts.default_version()
+    previous = _default_archive()
     registered = _register(version, mar)  # beside the default, which TorchServe keeps
     passed = False
     try:
+        baseline_version = settings.archive_version(previous) if previous else None
         candidate = gate.score(version, photos)
-        baseline = gate.score(previous, photos) if previous else None
+        baseline = gate.score(baseline_version, photos) if baseline_version else None
         passed = gate.passes(candidate, baseline, tolerance)
         gate.record(mlflow, candidate, baseline, passed, gate.folder_sha256(folder, photos))
     finally:
         if registered and not passed:
             _unregister(version)  # the server as before the gate, also when scoring broke
+        if not passed and mar not in archives:
+            mar.unlink(missing_ok=True)  # packaged for the gate alone
     figures = gate.explain(candidate, baseline, tolerance, folder)
     if passed:
         return True, f"gate passed v{version}: {figures}; " + _make_default(
-            version, previous, registered, mlflow
+            version, mar, previous, registered, mlflow, keep
         )
-    kept = f"v{previous}" if previous else "none"
+    kept = f"v{baseline_version}" if baseline_version else "none"
     undone = f"; v{version} unregistered again" if registered else ""
     return False, f"gate refused v{version}: {figures}; default stays {kept}{undone}"
 
 
-def rollback() -> str:
-    history = settings.deployment_history()
-    current = ts.default_version()
-    if current and history and history[-1] != current:
-        history.append(current)
-    if len(history) < 2:
-        raise ts.TorchServeError("nothing to roll back to: only one version was ever the default")
-    history.pop()
-    target = history[-1]
-    # a restarted server registers only the last default: the target comes back from the store
-    _register(target, settings.model_store() / settings.mar_name(target))
-    _set_default(target)
-    _save_history(history)
-    return f"catsdogs: default rolled back from v{current} to v{target}"
+def rollback(mlflow: MlflowSettings | None = None, keep: int = KEEP) -> str:
+    """The previous default of deployments.json again (re-registered from its archive when it was
+    retired or the server restarted); the tags move with it."""
+    with settings.locked("deployments"):
+        history = settings.deployment_history()
+        current = _default_archive()
+        if current and history and history[-1] != current:
+            history.append(current)
+        if len(history) < 2:
+            raise ts.TorchServeError(
+                "nothing to roll back to: only one version was ever the default"
+            )
+        history.pop()
+        mar = settings.find_mar(history[-1])
+        if mar is None:
+            raise ts.TorchServeError(
+                f"cannot roll back to {history[-1]}: it is not in {settings.model_store()}; "
+                "deploy that version again"
+            )
+        target = settings.archive_version(mar.name)
+        _register(target, mar)
+        _set_default(target)
+        settings.save_deployment_history(history)
+        _retire([*history, current] if current else history, keep)  # the one it left is recent
+    was = settings.archive_version(current) if current else None
+    tags = _tag_default(mlflow or MlflowSettings.from_config(), target, was)
+    return f"catsdogs: default rolled back from v{was} to v{target}{tags}"
 
 
 def scale(workers: int) -> str:
+    if workers < 1:
+        raise ConfigError(
+            f"--workers {workers}: at least 1 (a default version without workers serves nothing); "
+            "to take a version off the server, deploy or roll back to another"
+        )
     query = urllib.parse.urlencode(
         {"min_worker": workers, "max_worker": workers, "synchronous": "true"}
     )
@@ -165,15 +255,32 @@ def scale(workers: int) -> str:
 
 
 def listing() -> str:
+    """Registered versions with their archive, run and workers, then the retired defaults whose
+    archives rollback can bring back."""
     default = ts.default_version()
+    entries = sorted(ts.describe("all"), key=lambda e: int(e["modelVersion"]))
     lines = []
-    for entry in sorted(ts.describe("all"), key=lambda e: int(e["modelVersion"])):
+    for entry in entries:
         mark = "*" if entry["modelVersion"] == default else " "
         lines.append(
             f"{mark} v{entry['modelVersion']}  {entry['modelUrl']}  "
             f"{ts.ready_workers(entry)}/{len(entry.get('workers', []))} workers READY"
         )
+    served = {e["modelUrl"] for e in entries}
+    retired = dict.fromkeys(e for e in settings.deployment_history() if e not in served)
+    for entry in retired:
+        where = "archive kept" if settings.find_mar(entry) else "archive missing"
+        lines.append(f"  v{settings.archive_version(entry)}  {entry}  retired ({where})")
     return "\n".join(lines) or "no catsdogs version is registered"
+
+
+def _add_keep_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--keep",
+        type=int,
+        default=KEEP,
+        help=f"previous defaults that stay registered with workers (default {KEEP})",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,12 +290,15 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command")
-    sub.add_parser("rollback", help="make the previous default the default again")
-    sub.add_parser("list", help="registered versions and their workers")
+    back = sub.add_parser("rollback", help="make the previous default the default again")
+    _add_keep_argument(back)
+    add_store_arguments(back)
+    sub.add_parser("list", help="registered versions, their workers, the retired ones")
     scaling = sub.add_parser("scale", help="set the workers of the default version")
     scaling.add_argument("--workers", type=int, required=True)
     if not argv or argv[0].startswith("-"):
         add_version_arguments(parser)
+        _add_keep_argument(parser)
         parser.add_argument(
             "--gate",
             type=Path,
@@ -202,8 +312,10 @@ def main(argv: list[str] | None = None) -> int:
             help="with --gate: how much lower than the default's accuracy passes (default 0.0)",
         )
     args = parser.parse_args(argv)
+    if getattr(args, "keep", KEEP) < 0:
+        parser.error(f"--keep {args.keep}: 0 or more previous versions")
     if args.command == "rollback":
-        print(rollback())
+        print(rollback(mlflow_settings(args), args.keep))
     elif args.command == "list":
         print(listing())
     elif args.command == "scale":
@@ -216,13 +328,14 @@ def main(argv: list[str] | None = None) -> int:
             args.alias,
             args.run_id,
             mlflow_settings(args),
+            args.keep,
         )
         print(message, file=sys.stdout if passed else sys.stderr)
         return 0 if passed else 1  # a refusal is a verdict, like smoke's
     elif args.tolerance is not None:
         parser.error("--tolerance goes with --gate DIR")
     else:
-        print(deploy(args.model_version, args.alias, args.run_id, mlflow_settings(args)))
+        print(deploy(args.model_version, args.alias, args.run_id, mlflow_settings(args), args.keep))
     return 0
 
 

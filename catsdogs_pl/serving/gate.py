@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import urllib.error
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from catsdogs_pl.errors import ConfigError, MissingError
+from catsdogs_pl import settings
+from catsdogs_pl.errors import ConfigError, MissingError, UnreachableError
 from catsdogs_pl.serving import torchserve as ts
 from catsdogs_pl.serving.predict import describe, predict
 from catsdogs_pl.training import export, tracking
@@ -83,20 +85,46 @@ class Score:
 
 def score(version: str, photos: Photos) -> Score:
     """Send every photo to `/predictions/catsdogs/<version>`. Anything but a 200 with a label is a
-    failure, a 400 included: the photos are trusted, so a rejection is the version's fault."""
+    failure, a 400 included: the photos are trusted, so a rejection is the version's fault. A
+    request that cannot reach the server, or no answer at all, says nothing about the version:
+    UnreachableError, and no figure is recorded."""
     result = Score(version, len(photos))
+    unanswered = 0
     for photo, label in photos:
         name = Path(label, photo.name)  # as the user sees it in DIR
         try:
             status, answer = predict(photo, version=version)
-        except ts.TorchServeError as exc:  # not answering: a failure, not the end of the gate
-            result.failures.append(f"{name}: {exc}")
+        except ts.TorchServeError as exc:
+            if _not_sent(exc) or unanswered + 1 == result.count:  # or none answered at all
+                raise _unreachable(version, exc) from exc
+            result.failures.append(f"{name}: {exc}")  # sent, then no answer: may be the version's
+            unanswered += 1
             continue
         if status != 200 or not isinstance(answer, dict) or "label" not in answer:
             result.failures.append(describe(name, status, answer)[:300])
             continue
         result.correct += answer["label"] == label
     return result
+
+
+def _not_sent(exc: ts.TorchServeError) -> bool:
+    """Whether the request never got to the server (a wrong address, a stopped server): urllib
+    wraps the errors of connecting and sending in URLError, not a reset or timeout after sending
+    (a worker that hangs or dies). The first such request ends the gate: the rest would only wait
+    for their own timeouts."""
+    cause = exc.__cause__
+    return isinstance(cause, urllib.error.URLError) and not isinstance(
+        cause, urllib.error.HTTPError
+    )
+
+
+def _unreachable(version: str, exc: ts.TorchServeError) -> UnreachableError:
+    """The error that ends a gate which could not score `version`, naming the address asked."""
+    return UnreachableError(
+        f"gate: no answer to v{version}'s requests from TorchServe's inference API at "
+        f"{settings.address('inference')} ({exc}); set TS_INFERENCE_ADDRESS to where it listens. "
+        "Nothing recorded"
+    )
 
 
 def passes(candidate: Score, baseline: Score | None, tolerance: float) -> bool:

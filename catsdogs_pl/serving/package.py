@@ -1,17 +1,24 @@
-"""`python -m catsdogs_pl.serving.package`: a registered model version -> `model-store/catsdogs_vN.mar`.
+"""`python -m catsdogs_pl.serving.package`: a registered version -> `model-store/catsdogs_vN-<key>.mar`.
 
 The `.mar` version is the MLflow registered version, so `/predictions/catsdogs/N` serves exactly
-registry version N. The archive holds the servable export of the version's run, the handler, and
-the source files it imports (copied from the training code under names of their own).
+registry version N. The archive holds the servable export of the version's run, the handler, the
+source files it imports (copied from the training code under names of their own), and
+`identity.json`: registered model, version, run id and the weights' digest. The key in its name
+is a digest of that identity, so "v1" of another tracking store is another archive, and
+TorchServe's modelUrl says which one it serves.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -29,6 +36,34 @@ SOURCES = {  # file shipped in the .mar -> where it comes from
 }
 
 
+IDENTITY = "identity.json"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What an archive serves. `run_id` is "" for an archive packaged from a local export."""
+
+    registered_model: str
+    version: str
+    run_id: str
+    weights_sha256: str
+
+    @property
+    def key(self) -> str:
+        """12 hex digits naming the archive: the same registry version from another store (another
+        run) or other weights give another name."""
+        text = "/".join((self.registered_model, self.version, self.run_id or self.weights_sha256))
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def read_identity(mar: Path) -> Identity | None:
+    """The identity inside an archive (None for an archive built before identities existed)."""
+    with zipfile.ZipFile(mar) as zf:
+        if IDENTITY not in zf.namelist():
+            return None
+        return Identity(**json.loads(zf.read(IDENTITY)))
+
+
 def stage(export_dir: Path, out: Path) -> Path:
     """The model folder exactly as TorchServe unpacks it: handler, sources, servable files."""
     out.mkdir(parents=True, exist_ok=True)
@@ -41,13 +76,18 @@ def stage(export_dir: Path, out: Path) -> Path:
     return out
 
 
-def build_mar(export_dir: Path, version: str, store: Path) -> Path:
-    """Archive `export_dir` as `store/catsdogs_v<version>.mar` with torch-model-archiver."""
+def build_mar(
+    export_dir: Path, version: str, store: Path, registered_model: str = "", run_id: str = ""
+) -> Path:
+    """Archive `export_dir` as `store/catsdogs_v<version>-<key>.mar` with torch-model-archiver."""
     export.load(export_dir)  # refuse a broken export before it reaches a server
     store.mkdir(parents=True, exist_ok=True)
+    weights = hashlib.sha256((export_dir / export.WEIGHTS).read_bytes()).hexdigest()
+    identity = Identity(registered_model or settings.MODEL_NAME, str(version), run_id, weights)
     with tempfile.TemporaryDirectory() as tmp:
         staged = stage(export_dir, Path(tmp) / "model")
-        files = (*export.present(export_dir), *SOURCES)
+        (staged / IDENTITY).write_text(json.dumps(asdict(identity), indent=2))
+        files = (*export.present(export_dir), *SOURCES, IDENTITY)
         extra = [staged / n for n in files if n != export.WEIGHTS]
         cmd = [
             sys.executable,
@@ -74,8 +114,10 @@ def build_mar(export_dir: Path, version: str, store: Path) -> Path:
             raise CatsDogsError(
                 f"torch-model-archiver failed on {export_dir}: {done.stderr[-2000:]}"
             )
-        target = store / settings.mar_name(version)
-        shutil.move(Path(tmp) / f"{settings.MODEL_NAME}.mar", target)
+        target = store / settings.mar_name(version, identity.key)
+        partial = target.with_name(f".{target.name}.partial")  # a reader never sees half of it
+        shutil.move(Path(tmp) / f"{settings.MODEL_NAME}.mar", partial)
+        partial.replace(target)
     return target
 
 
@@ -122,8 +164,8 @@ def package(
     mlflow: tracking.MlflowSettings | None = None,
     force: bool = False,
 ) -> tuple[str, Path]:
-    """Build (or reuse) the archive of one version of `mlflow.registered_model` (default: the
-    fit config's); returns (version, .mar path)."""
+    """Build (or reuse, when its identity is the same) the archive of one version of
+    `mlflow.registered_model` (default: the fit config's); returns (version, .mar path)."""
     store = settings.model_store()
     if export_dir is not None:
         version = version or "1"
@@ -131,12 +173,13 @@ def package(
     mlflow = mlflow or tracking.MlflowSettings.from_config()
     client = MlflowClient(tracking.resolve_tracking_uri(mlflow.tracking_uri))
     version, run_id = resolve_version(client, mlflow.registered_model, version, alias, run_id)
-    target = store / settings.mar_name(version)
+    key = Identity(mlflow.registered_model, version, run_id, "").key
+    target = store / settings.mar_name(version, key)
     if target.exists() and not force:
         return version, target
     with tempfile.TemporaryDirectory() as tmp:
         folder = client.download_artifacts(run_id, "servable", tmp)
-        return version, build_mar(Path(folder), version, store)
+        return version, build_mar(Path(folder), version, store, mlflow.registered_model, run_id)
 
 
 def add_version_arguments(parser: argparse.ArgumentParser) -> None:
@@ -146,6 +189,11 @@ def add_version_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--model-version", help="registered version N, or 'latest'")
     which.add_argument("--alias", help="a registry alias, e.g. champion")
     which.add_argument("--run-id", help="the MLflow run that registered the version")
+    add_store_arguments(parser)
+
+
+def add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    """--config and --tracking-uri: which registry (for package, deploy and rollback)."""
     parser.add_argument(
         "--config",
         type=Path,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,11 +13,16 @@ from catsdogs_pl import settings
 from catsdogs_pl.errors import run
 from catsdogs_pl.serving import torchserve as ts
 
+REMOTE_KEY = "CATSDOGS_INFERENCE_KEY"
+
 
 def predict(image: Path, url: str | None = None, version: str | None = None) -> tuple[int, Any]:
-    """(HTTP status, answer) for one image file sent as raw bytes."""
+    """(HTTP status, answer) for one image file sent as raw bytes. The state folder's key goes
+    only to its own server; another `url` gets $CATSDOGS_INFERENCE_KEY (`serve key` there)."""
     path = f"/predictions/{settings.MODEL_NAME}" + (f"/{version}" if version else "")
     headers = {"Content-Type": "application/octet-stream"}
+    if url not in (None, settings.address("inference")) and os.environ.get(REMOTE_KEY):
+        headers["Authorization"] = f"Bearer {os.environ[REMOTE_KEY]}"
     response = ts.call("inference", "POST", path, image.read_bytes(), headers, base=url)
     try:
         return response.status, response.json()
@@ -36,7 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m catsdogs_pl.serving.predict", description=__doc__
     )
     parser.add_argument("images", nargs="+", type=Path)
-    parser.add_argument("--url", help=f"inference API (default {settings.address('inference')})")
+    parser.add_argument(
+        "--url",
+        help=f"inference API (default {settings.address('inference')}); the key for another "
+        f"server comes from ${REMOTE_KEY}, never from this state folder",
+    )
     parser.add_argument("--model-version", help="a specific version instead of the default")
     args = parser.parse_args(argv)
     failed = 0

@@ -1,7 +1,8 @@
-"""`python -m catsdogs_pl.serving.serve start|run|stop|status|ready`: TorchServe with the shared config.
+"""`python -m catsdogs_pl.serving.serve start|run|stop|status|ready|key`: TorchServe with the shared config.
 
 `start` runs it in the background (laptops, tests); `run` in the foreground (the container's command);
-`ready` is the health check (exit 0 when the default version has a READY worker).
+`ready` is the health check (exit 0 when the default version has a READY worker); `key` prints the
+current inference key (renewed when it expired) for clients that do not share the state folder.
 
 The Java process runs in the state folder (`$CATSDOGS_HOME`), so its token file `key_file.json` and
 its logs land there; `start` returns only when the server answers, and when a version was asked for,
@@ -35,8 +36,11 @@ def _torchserve() -> str:
 
 
 def is_up() -> bool:
+    """A server answers on the inference address: healthy or not, with a valid key or not (a
+    running server whose key was refused is still running, and its key file must stay)."""
     try:
-        return ts.call("inference", "GET", "/ping", timeout=5).status == 200
+        ts.call("inference", "GET", "/ping", timeout=5)
+        return True
     except ts.TorchServeError:
         return False
 
@@ -60,7 +64,7 @@ def _prepare(mar: Path | None) -> tuple[list[str], dict[str, str], Path]:
         },
     }
     cmd = [_torchserve(), "--start", "--ncs", "--model-store", str(settings.model_store())]
-    cmd += ["--ts-config", str(settings.TS_CONFIG)]
+    cmd += ["--ts-config", str(settings.ts_config())]
     if mar is not None:
         cmd += ["--models", f"{settings.MODEL_NAME}={mar.name}"]
     return cmd, env, home
@@ -81,7 +85,8 @@ def start(mar: Path | None = None, timeout: float = 120) -> str:
             f"`{' '.join(cmd)}` exited {launched.returncode}: see {home / 'logs'}/ts_log.log"
         )
     deadline = time.monotonic() + timeout
-    while not (home / ts.KEY_FILE).exists() or not is_up():
+    keys = ts.token_auth()  # no key file comes with token authorization off
+    while (keys and not (home / ts.KEY_FILE).exists()) or not is_up():
         if time.monotonic() > deadline:
             raise ts.TorchServeError(
                 f"TorchServe did not answer within {timeout}s: see {home / 'logs'}/ts_log.log"
@@ -94,11 +99,17 @@ def start(mar: Path | None = None, timeout: float = 120) -> str:
 
 def last_deployed() -> Path | None:
     """The archive of the newest default set by `deploy` that is still in the model store."""
-    for version in reversed(settings.deployment_history()):
-        mar = settings.model_store() / settings.mar_name(version)
-        if mar.exists():
+    for entry in reversed(settings.deployment_history()):
+        mar = settings.find_mar(entry)
+        if mar is not None:
             return mar
     return None
+
+
+def key() -> str:
+    """The current inference key, renewed first when it expired; "" with token authorization off."""
+    ts.call("inference", "GET", "/ping", timeout=10)  # a refused key is renewed here
+    return ts.read_key("inference") or ""
 
 
 def worker_metrics() -> str:
@@ -154,7 +165,12 @@ def run() -> int:
     """TorchServe in the foreground (the container's command), serving the last deployed version
     again after a restart, with worker metrics beside it; SIGTERM and SIGINT stop it cleanly.
     Returns TorchServe's exit code."""
-    cmd, env, home = _prepare(last_deployed())
+    try:
+        mar = last_deployed()
+    except errors.ConfigError as exc:  # serving nothing beats a restart loop; deploy mends it
+        print(f"warning: starting without a model: {exc}", file=sys.stderr)
+        mar = None
+    cmd, env, home = _prepare(mar)
     server = subprocess.Popen([*cmd, "--foreground"], cwd=home, env=env)
     serve_metrics("worker_metrics", worker_metrics)
 
@@ -211,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m catsdogs_pl.serving.serve", description=__doc__
     )
-    parser.add_argument("command", choices=("start", "run", "stop", "status", "ready"))
+    parser.add_argument("command", choices=("start", "run", "stop", "status", "ready", "key"))
     parser.add_argument("--mar", type=Path, help="start with this archive from the model store")
     args = parser.parse_args(argv)
     if args.command == "start":
@@ -224,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if ok else 1
     elif args.command == "stop":
         print(stop())
+    elif args.command == "key":
+        print(key())
     else:
         print(status())
     return 0

@@ -2,11 +2,19 @@
 
 TorchServe writes `key_file.json` into its working directory, which `serve` sets to the state folder;
 every call here reads the key from there, so users never copy tokens by hand.
+
+Keys expire (`token_expiration_min`). The client renews them: a call refused for its key asks
+TorchServe's token API for a new one with the API key (which never expires), under a lock of the
+state folder, so clients refused at the same moment renew once and take the key it wrote. Renewal
+replaces the key at once, so a long-running client re-reads the file on every call (as `call`
+does) or asks again on a refusal; `serve key` prints the current inference key for clients that
+do not share the state folder.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.error
 import urllib.request
@@ -33,13 +41,78 @@ class Response:
         return json.loads(self.body)
 
 
+def token_auth() -> bool:
+    """Whether TorchServe checks keys: TS_DISABLE_TOKEN_AUTHORIZATION (enable_envvars_config), else
+    config.properties."""
+    disabled = os.environ.get("TS_DISABLE_TOKEN_AUTHORIZATION") or settings.ts_properties().get(
+        "disable_token_authorization", "false"
+    )
+    return disabled.strip().lower() != "true"
+
+
 def read_key(kind: str, home: Path | None = None) -> str | None:
-    """The 'management' or 'inference' key, or None when token auth is off or not started."""
+    """The 'management', 'inference' or 'API' key, or None when token auth is off or not started."""
     path = (home or settings.home()) / KEY_FILE
     try:
         return json.loads(path.read_text())[kind]["key"]
     except (FileNotFoundError, json.JSONDecodeError, KeyError):  # absent, or being written
         return None
+
+
+def renew_key(kind: str, refused: str | None, timeout: float = 10) -> str:
+    """A valid 'management' or 'inference' key in place of `refused` (expired, or read while
+    TorchServe rewrote the file): the one another client renewed meanwhile, else a new one from
+    the token API."""
+    home = settings.home()
+    with settings.locked("key_file"):
+        current = read_key(kind)
+        if current and current != refused:
+            return current
+        api = read_key("API")
+        if api is None:
+            raise TorchServeError(
+                f"TorchServe refused the {kind} key and {home / KEY_FILE} has no API key to renew "
+                "it: run this command where the server keeps its key file (its state folder)"
+            )
+        auth = {"Authorization": f"Bearer {api}"}
+        check(
+            _send("management", "GET", f"/token?type={kind}", None, auth), f"renew the {kind} key"
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            key = read_key(kind)
+            if key and key != refused:
+                return key
+            time.sleep(0.05)
+    raise TorchServeError(
+        f"TorchServe renewed the {kind} key but {home / KEY_FILE} did not change: the server "
+        "writes the new key into its own working folder; run this command there"
+    )
+
+
+def _send(
+    kind: str,
+    method: str,
+    path: str,
+    data: bytes | None,
+    headers: dict[str, str],
+    timeout: float = 60,
+    base: str | None = None,
+) -> Response:
+    url = (base or settings.address(kind)) + path
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return Response(response.status, response.read())
+    except urllib.error.HTTPError as exc:
+        return Response(exc.code, exc.read())
+    except (urllib.error.URLError, OSError) as exc:
+        raise TorchServeError(f"TorchServe is not answering at {url} ({exc})") from exc
+
+
+def refused_key(response: Response) -> bool:
+    """TorchServe's answer to a missing, wrong or expired key (400, not 401)."""
+    return response.status == 400 and b"InvalidKeyException" in response.body
 
 
 def call(
@@ -53,20 +126,18 @@ def call(
     base: str | None = None,
 ) -> Response:
     """One request to the 'inference', 'management' or 'metrics' API (at `base` if given, else
-    where config.properties says); never raises on HTTP codes."""
-    headers = dict(headers or {})
-    key = read_key("inference" if kind == "inference" else "management") if token else None
-    if key and kind != "metrics":
-        headers["Authorization"] = f"Bearer {key}"
-    url = (base or settings.address(kind)) + path
-    request = urllib.request.Request(url, data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return Response(response.status, response.read())
-    except urllib.error.HTTPError as exc:
-        return Response(exc.code, exc.read())
-    except (urllib.error.URLError, OSError) as exc:
-        raise TorchServeError(f"TorchServe is not answering at {url} ({exc})") from exc
+    where config.properties says); never raises on HTTP codes. The key of the state folder goes
+    only to the server of this state folder, and a refused one is renewed and the call sent
+    once more."""
+    token = token and kind != "metrics" and base in (None, settings.address(kind))
+    key_kind = "inference" if kind == "inference" else "management"
+    key = read_key(key_kind) if token else None
+    auth = {"Authorization": f"Bearer {key}"} if key else {}
+    response = _send(kind, method, path, data, {**(headers or {}), **auth}, timeout, base)
+    if token and refused_key(response) and token_auth():
+        auth = {"Authorization": f"Bearer {renew_key(key_kind, key)}"}
+        response = _send(kind, method, path, data, {**(headers or {}), **auth}, timeout, base)
+    return response
 
 
 def check(response: Response, what: str) -> Response:

@@ -82,4 +82,5 @@ def delete_versions(versions: list[str]) -> None:
     client = MlflowClient(tracking.resolve_tracking_uri())
     for version in versions:
         client.delete_model_version(settings.MODEL_NAME, version)
-        (settings.model_store() / settings.mar_name(version)).unlink(missing_ok=True)
+        for mar in settings.model_store().glob(settings.mar_name(version, "*")):
+            mar.unlink()

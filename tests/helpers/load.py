@@ -49,6 +49,7 @@ class Load:
 
     answers: list[tuple[float, float, int, str]] = field(default_factory=list)
     in_flight: int = 0
+    renewals: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -66,13 +67,24 @@ class Load:
         }
 
 
-def _client(load: Load, images: list[bytes], offset: int, deadline: float) -> None:
+def _post(conn: http.client.HTTPConnection, body: bytes, key: str | None) -> tuple[int, bytes]:
+    headers = {"Content-Type": "application/octet-stream"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    conn.request("POST", f"/predictions/{settings.MODEL_NAME}", body, headers)
+    response = conn.getresponse()
+    return response.status, response.read()
+
+
+def _client(
+    load: Load, images: list[bytes], offset: int, deadline: float, interval: float = 0.0
+) -> None:
+    """One client on a keep-alive connection, its key kept between requests and renewed when
+    TorchServe refuses it, as a long-running client of ours does; a request at most every
+    `interval` seconds (0: back to back)."""
     url = urllib.parse.urlsplit(settings.address("inference"))
     assert url.hostname == "127.0.0.1", "load is only ever sent to this machine"
-    headers = {
-        "Content-Type": "application/octet-stream",
-        "Authorization": f"Bearer {ts.read_key('inference')}",
-    }
+    key = ts.read_key("inference")
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
     i = offset
     while time.monotonic() < deadline and not load.stop.is_set():
@@ -82,13 +94,17 @@ def _client(load: Load, images: list[bytes], offset: int, deadline: float) -> No
         with load.lock:
             load.in_flight += 1
         try:
-            conn.request("POST", f"/predictions/{settings.MODEL_NAME}", body, headers)
-            response = conn.getresponse()
-            data = response.read()
-            status = response.status
+            status, data = _post(conn, body, key)
+            if ts.refused_key(ts.Response(status, data)):  # expired: renewed, sent once more
+                key = ts.renew_key("inference", key)
+                with load.lock:
+                    load.renewals += 1
+                status, data = _post(conn, body, key)
             detail = (
                 json.loads(data).get("model_version", "") if status == 200 else data[:200].decode()
             )
+        except ts.TorchServeError as exc:  # the key could not be renewed
+            status, detail = 0, str(exc)
         except (OSError, http.client.HTTPException) as exc:
             status, detail = 0, f"{type(exc).__name__}: {exc}"
             conn.close()
@@ -96,17 +112,21 @@ def _client(load: Load, images: list[bytes], offset: int, deadline: float) -> No
         with load.lock:
             load.in_flight -= 1
             load.answers.append((start, time.monotonic() - start, status, detail))
+        load.stop.wait(start + interval - time.monotonic())  # a failure comes back at once
     conn.close()
 
 
 def run_load(
-    clients: int, seconds: float, images: list[bytes]
+    clients: int, seconds: float, images: list[bytes], interval: float = 0.0
 ) -> tuple[Load, list[threading.Thread]]:
-    """Start `clients` threads for `seconds` (join the threads to wait; load.stop ends early)."""
+    """Start `clients` threads for `seconds`, each sending a request at most every `interval`
+    seconds (join the threads to wait; load.stop ends early)."""
     load = Load()
     deadline = time.monotonic() + seconds
     threads = [
-        threading.Thread(target=_client, args=(load, images, 7 * c, deadline), daemon=True)
+        threading.Thread(
+            target=_client, args=(load, images, 7 * c, deadline, interval), daemon=True
+        )
         for c in range(clients)
     ]
     for t in threads:

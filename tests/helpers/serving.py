@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
 
 from catsdogs_pl import preprocessing, settings
 from catsdogs_pl.models.cnn import BaselineCNN
@@ -88,8 +89,27 @@ def worker_pids() -> dict[str, int]:
     return {w["id"]: w["pid"] for e in ts.describe("all") for w in e["workers"]}
 
 
+def register_exports(uri: str, folder: Path, seeds: list[int]) -> list[ModelVersion]:
+    """A registry version of catsdogs in the store at `uri` for each seed (a small network with
+    the seed's weights, artifacts under `folder`), in order."""
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("it", artifact_location=str(folder / "artifacts"))
+    registered = []
+    for seed in seeds:
+        run_id = client.create_run(experiment).info.run_id
+        client.log_artifacts(run_id, str(make_export(folder / f"export{seed}", seed)), "servable")
+        tags = {"dataset_version": "d", "test/acc": "0.5"}
+        registered.append(
+            tracking.register(client, settings.MODEL_NAME, "servable", run_id, tags, "it")
+        )
+    return registered
+
+
 def mar_path(version: str) -> Path:
-    return settings.model_store() / settings.mar_name(version)
+    """The archive of `version` in the model store (the newest, when there are more)."""
+    found = settings.find_mar(version)
+    assert found is not None, f"no archive of v{version} in {settings.model_store()}"
+    return found
 
 
 def state_env(home: Path, scratch: Path) -> dict[str, str | None]:
@@ -162,18 +182,11 @@ class SessionTorchServe:
         return environment(self.env)
 
     def start(self) -> None:
-        """Registry versions 1 and 2, their archives, and TorchServe started serving nothing."""
-        client = MlflowClient(tracking.resolve_tracking_uri())
-        experiment = client.create_experiment("it", artifact_location=str(self.home / "artifacts"))
-        for version in self.VERSIONS:
-            run = client.create_run(experiment)
-            export_dir = make_export(self.home / f"export{version}", int(version))
-            client.log_artifacts(run.info.run_id, str(export_dir), "servable")
-            tags = {"dataset_version": "d", "test/acc": "0.5"}
-            registered = tracking.register(
-                client, settings.MODEL_NAME, "servable", run.info.run_id, tags, "it"
-            )
-            assert str(registered.version) == version
+        """Registry versions 1 and 2, and TorchServe started serving nothing."""
+        registered = register_exports(
+            tracking.resolve_tracking_uri(), self.home, [int(v) for v in self.VERSIONS]
+        )
+        assert [v.version for v in registered] == [int(v) for v in self.VERSIONS]
         serve.start()
 
     def stop(self) -> None:
@@ -189,10 +202,9 @@ class SessionTorchServe:
         """`version` registered, READY and the default; no other version registered; the archives
         of versions 1 and 2 in the model store (packaged from the registry where missing)."""
         self._up()
-        for v in self.VERSIONS:
-            package.package(v)  # reuses an archive that is there
+        mars = {v: package.package(v)[1] for v in self.VERSIONS}  # reuses archives that are there
         registered = {e["modelVersion"] for e in ts.describe("all")}
-        deploy._register(version, mar_path(version))  # as deploy does it: registered, READY
+        deploy._register(version, mars[version])  # as deploy does it: registered, READY
         if ts.default_version() != version:
             deploy._set_default(version)
         for other in sorted(registered - {version}):

@@ -106,8 +106,8 @@ def test_new_version_swapped_in_under_load(images, served, report) -> None:
 
 
 def _corrupt(kind: str, version: str) -> str:
-    """A broken copy of v1's archive in the model store, as catsdogs_v<version>.mar."""
-    target = mar_path(version)
+    """A broken copy of v1's archive in the model store, as an archive of `version`."""
+    target = settings.model_store() / settings.mar_name(version, "broken")
     if kind == "not a zip":
         target.write_bytes(b"PK\x03\x04 this was cut off in transfer")
         return target.name
