@@ -192,6 +192,7 @@ def test_gate_refuses_a_worse_version_and_leaves_the_server_as_it_was(
     )
     assert ts.default_version() == good
     assert {e["modelVersion"] for e in ts.describe("all")} == before
+    assert not list(settings.model_store().glob(settings.mar_name(bad, "*")))  # packaged, removed
     tags, metrics, _ = registry(bad)
     assert tags["gate_passed"] == "false" and "default_since" not in tags
     assert (tags["gate_acc"], tags["gate_baseline_acc"]) == ("0.000000", "1.000000")
