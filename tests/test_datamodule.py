@@ -106,3 +106,10 @@ def test_progressive_resizing_grows_training_batches_only(tmp_path: Path) -> Non
 def test_bad_augmentation_settings_name_the_key(kwargs: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         CatsDogsDataModule(settings=Settings(image_size=32), **kwargs)
+
+
+@pytest.mark.parametrize("key", ["val_fraction", "test_fraction"])
+def test_an_empty_val_or_test_split_is_refused(key: str) -> None:
+    """Validation picks the checkpoint and the test split the champion: neither can be empty."""
+    with pytest.raises(ConfigError, match=rf"data\.settings\.{key}=0"):
+        CatsDogsDataModule(settings=Settings(image_size=32, **{key: 0.0}))

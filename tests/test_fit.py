@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -15,11 +16,14 @@ import torch
 from lightning.pytorch import Callback
 from mlflow import MlflowClient
 
+from catsdogs_pl import errors
+from catsdogs_pl.errors import ConfigError, MissingError
 from catsdogs_pl.fit import main
 from catsdogs_pl.models.classifier import TEST_ACC, VAL_ACC
 from catsdogs_pl.monitoring import reference
 from catsdogs_pl.serving import package
 from catsdogs_pl.training import export, tracking
+from catsdogs_pl.training.fit import RUN_CONFIG, find_last_checkpoint
 from catsdogs_pl.training.tracking import MlflowSettings
 from tests.helpers.serving import environment
 
@@ -137,6 +141,71 @@ def test_resume_continues_the_same_run(fit_args: list[str], tmp_path: Path) -> N
 def test_resume_without_checkpoint_says_what_to_do(fit_args: list[str]) -> None:
     with pytest.raises(FileNotFoundError, match="train once without --ckpt_path"):
         main([*fit_args, "--ckpt_path=last"])
+
+
+@pytest.mark.slow  # trains
+def test_resume_with_more_epochs_and_a_larger_batch(fit_args: list[str], tmp_path: Path) -> None:
+    """The restored schedule was made for the first run's steps: the resumed one has more."""
+    crash = f"--trainer.callbacks+={__name__}.CrashAfterFirstEpoch"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        main([*fit_args, crash])
+    resumed = main(
+        [*fit_args, "--ckpt_path=last", "--trainer.max_epochs=3", "--data.batch_size=32"]
+    )
+    client = MlflowClient(resumed.tracking_uri)
+    run = client.get_run(resumed.run_id)
+    assert run.info.status == "FINISHED" and len(client.search_runs([run.info.experiment_id])) == 1
+    assert len(client.get_metric_history(resumed.run_id, VAL_ACC)) == 3
+    # MLflow params cannot change: the first value stays, the resumed one is a tag
+    assert run.data.params["batch_size"] == "16" and run.data.tags["resumed/batch_size"] == "32"
+
+
+def _checkpoint(path: Path, run_config: dict[str, Any], mtime: float) -> Path:
+    path.parent.mkdir(parents=True)
+    torch.save({RUN_CONFIG: run_config}, path)
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+def test_resume_last_takes_the_newest_run_of_the_same_config(tmp_path: Path) -> None:
+    demo = {"mlflow.experiment": "catsdogs-demo", "model.net": {"width": 8}}
+    fit = {"mlflow.experiment": "catsdogs", "model.net": {"width": 32}}
+    ours = _checkpoint(tmp_path / "a" / "last.ckpt", demo, 1000)
+    _checkpoint(tmp_path / "b" / "last.ckpt", fit, 2000)
+    assert find_last_checkpoint(tmp_path, demo, "demo.yaml") == ours
+
+
+def test_resume_last_refuses_another_configs_run(fit_args: list[str], tmp_path: Path) -> None:
+    other = {"mlflow.experiment": "catsdogs", "model.net": {"class": "BaselineCNN", "width": 32}}
+    checkpoint = _checkpoint(tmp_path / "checkpoints" / "run1" / "last.ckpt", other, 1000)
+    expected = rf"demo\.yaml.*{re.escape(str(checkpoint))}.*mlflow\.experiment=catsdogs there"
+    with pytest.raises(MissingError, match=expected):
+        main([*fit_args, "--ckpt_path=last"])
+    assert not (tmp_path / "prepared").exists()
+
+
+def test_empty_test_split_is_refused_before_training(fit_args: list[str], tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"data\.settings\.test_fraction=0"):
+        main([*fit_args, "--data.settings.test_fraction=0"])
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "prepared").exists()
+
+
+@pytest.mark.parametrize(
+    ("config", "argument", "message"),
+    [
+        ("demo.yaml", "stem_stride=3", "BaselineCNN: stem_stride=3: use 2 or 4"),
+        ("finetune.yaml", "weights=nope.pt", "TorchvisionNet: weights='nope.pt': neither a file"),
+    ],
+)
+def test_bad_network_arguments_exit_2_with_the_key(
+    fit_args: list[str], capsys: pytest.CaptureFixture, config: str, argument: str, message: str
+) -> None:
+    """As `python -m catsdogs_pl.fit` runs it: `error: ...` and exit 2, no traceback."""
+    args = [a for a in fit_args if not a.startswith("--model.net.")]
+    args[1] = str(ROOT / "configs" / config)
+    assert errors.run(main, [*args, f"--model.net.init_args.{argument}"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: model.net.init_args of {message}" in err and "Traceback" not in err
 
 
 def test_missing_data_names_the_key(fit_args: list[str], tmp_path: Path) -> None:

@@ -1,6 +1,8 @@
-"""BaselineCNN's stem and CatsDogsClassifier's MixUp/CutMix training step."""
+"""BaselineCNN's stem and CatsDogsClassifier's MixUp/CutMix training step and resumed schedule."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -32,3 +34,39 @@ def test_mixing_trains_on_soft_targets() -> None:
     plain.log = model.log
     assert model.mix is not None and plain.mix is None
     assert torch.isfinite(mixed) and not torch.isclose(mixed, plain.training_step((x, y), 0))
+
+
+def test_resumed_schedule_runs_over_the_new_run_to_its_end() -> None:
+    """Saved after epoch 0 of 1 (4 steps), resumed for 3 epochs of 2 steps (a larger batch): the
+    schedule goes on from step 4 as if it had been made for 4 + 2 * 2 steps, instead of raising
+    past its old last step."""
+    model = CatsDogsClassifier(BaselineCNN(width=4, depth=2))
+    model.trainer = SimpleNamespace(estimated_stepping_batches=4)
+    config = model.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    for _ in range(4):
+        optimizer.step()
+        scheduler.step()
+    lr_config = SimpleNamespace(scheduler=scheduler)
+    model.trainer = SimpleNamespace(
+        lr_scheduler_configs=[lr_config],
+        global_step=4,
+        current_epoch=1,
+        max_epochs=3,
+        max_steps=-1,
+        num_training_batches=2,
+        accumulate_grad_batches=1,
+    )
+    model.on_train_start()
+    resumed = lr_config.scheduler
+    fresh = CatsDogsClassifier(BaselineCNN(width=4, depth=2))
+    fresh.trainer = SimpleNamespace(estimated_stepping_batches=8)
+    reference = fresh.configure_optimizers()["lr_scheduler"]["scheduler"]
+    for step in range(8):
+        if step >= 4:
+            assert resumed.get_last_lr() == pytest.approx(reference.get_last_lr())
+            optimizer.step()
+            resumed.step()
+        reference.optimizer.step()
+        reference.step()
+    assert resumed.get_last_lr() == pytest.approx(reference.get_last_lr())

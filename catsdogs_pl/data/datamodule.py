@@ -77,6 +77,12 @@ class CatsDogsDataModule(L.LightningDataModule):
                 f"data.crop_scale={crop_scale}, data.random_erasing={random_erasing}: "
                 "need 0 < crop_scale <= 1 and 0 <= random_erasing <= 1"
             )
+        for key in ("val_fraction", "test_fraction"):
+            if (fraction := getattr(settings, key)) <= 0:
+                raise ConfigError(
+                    f"data.settings.{key}={fraction}: training needs it > 0 (the "
+                    "validation split picks the best checkpoint, the test split the champion)"
+                )
         if train_sizes is not None and not all(
             16 <= size <= settings.image_size for size in train_sizes
         ):

@@ -5,6 +5,7 @@ Metric keys are defined here once; callbacks, the MLflow summary and the tests i
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
@@ -24,6 +25,16 @@ VAL_ACC_BEST = "val/acc_best"
 TEST_LOSS = "test/loss"
 TEST_ACC = "test/acc"
 MONITOR = VAL_ACC  # what checkpointing, early stopping and the registry compare
+
+
+def _run_steps(trainer: L.Trainer) -> int:
+    """The optimizer steps of the whole run: those taken before a resume (perhaps at another batch
+    size) and those the epochs left take now."""
+    per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
+    total = trainer.global_step + per_epoch * (trainer.max_epochs - trainer.current_epoch)
+    if trainer.max_epochs == -1 or 0 < trainer.max_steps < total:
+        total = trainer.max_steps
+    return max(1, total)
 
 
 def _metrics(num_classes: int, prefix: str) -> MetricCollection:
@@ -136,13 +147,30 @@ class CatsDogsClassifier(L.LightningModule):
             ],
             lr=self.hparams.lr,
         )
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer,
-            max_lr=self.hparams.lr,
-            total_steps=max(1, self.trainer.estimated_stepping_batches),
-            pct_start=self.hparams.warmup_fraction,
-        )
+        scheduler = self._one_cycle(optimizer, max(1, self.trainer.estimated_stepping_batches))
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    def _one_cycle(
+        self, optimizer: torch.optim.Optimizer, total_steps: int, last_step: int = -1
+    ) -> torch.optim.lr_scheduler.OneCycleLR:
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=self.hparams.lr,
+            total_steps=total_steps,
+            pct_start=self.hparams.warmup_fraction,
+            last_epoch=last_step,
+        )
+
+    def on_train_start(self) -> None:
+        """A resumed run gets back the schedule it was saved with, whose length was that run's: with
+        more epochs or another batch size OneCycleLR would raise past its last step. Stretch it
+        over this run's steps, from the step where it stopped."""
+        config = self.trainer.lr_scheduler_configs[0]
+        total = _run_steps(self.trainer)
+        if config.scheduler.total_steps != total:
+            config.scheduler = self._one_cycle(
+                config.scheduler.optimizer, total, config.scheduler.last_epoch - 1
+            )

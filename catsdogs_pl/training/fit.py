@@ -1,35 +1,112 @@
 """The fit command (`python -m catsdogs_pl.fit`): LightningCLI with MLflow, checkpoints, resume.
 
-One MLflow run per fit (MLFlowLogger), resumable with `--ckpt_path last`. After training it tests the
-best checkpoint, logs plots, the best checkpoint and a servable export, registers a new version of
-the registered model and moves the `champion` alias only when the new version is at least as good.
+One MLflow run per fit (MLFlowLogger), resumable with `--ckpt_path last` (the newest run of the same
+config, for more epochs or with another batch size if asked). After training it tests the best
+checkpoint, logs plots, the best checkpoint and a servable export, registers a new version of the
+registered model and moves the `champion` alias only when the new version is at least as good.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+import lightning as L
+import torch
+from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
+from lightning.pytorch.callbacks import (
+    Callback,
+    EarlyStopping,
+    LearningRateMonitor,
+    ModelCheckpoint,
+)
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_only
+from torch import nn
 
 from catsdogs_pl.data.datamodule import CatsDogsDataModule
-from catsdogs_pl.errors import MissingError
+from catsdogs_pl.errors import ConfigError, MissingError
 from catsdogs_pl.models.classifier import MONITOR, CatsDogsClassifier
 from catsdogs_pl.training import tracking
 from catsdogs_pl.training.publish import FitSummary, publish
 
+RUN_CONFIG = "catsdogs_run_config"  # the checkpoint's record of what its run was trained with
 
-def find_last_checkpoint(checkpoint_dir: Path) -> Path:
-    """The newest `<checkpoint_dir>/<run_id>/last.ckpt`: its folder names the run to continue."""
-    found = sorted(checkpoint_dir.glob("*/last.ckpt"), key=lambda p: p.stat().st_mtime)
+
+def net_params(net: nn.Module) -> dict[str, Any]:
+    """The network's class and arguments: they live with the network, not in the module's hparams."""
+    return {"class": type(net).__name__, **getattr(net, "init_args", {})}
+
+
+def _differences(checkpoint: Path, wanted: dict[str, Any]) -> list[str]:
+    """The settings of `wanted` that the run of `checkpoint` was trained without."""
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    saved = saved.get(RUN_CONFIG, {})
+    return [
+        f"{key}={saved.get(key, '(not recorded)')} there, {value} here"
+        for key, value in wanted.items()
+        if saved.get(key) != value
+    ]
+
+
+def find_last_checkpoint(checkpoint_dir: Path, wanted: dict[str, Any], config: str) -> Path:
+    """The newest `<checkpoint_dir>/<run_id>/last.ckpt` of a run trained with `wanted` (see
+    `FitCLI.run_config`; `config` names it for the user): its folder names the run to continue.
+    Another config's run (the demo's, say) would go on in the wrong experiment, or not load."""
+    found = sorted(checkpoint_dir.glob("*/last.ckpt"), key=lambda p: p.stat().st_mtime)[::-1]
     if not found:
         raise MissingError(
             f"--ckpt_path last: no {checkpoint_dir}/<run_id>/last.ckpt to resume; "
             "train once without --ckpt_path first"
         )
-    return found[-1]
+    for checkpoint in found:
+        if not _differences(checkpoint, wanted):
+            return checkpoint
+    raise MissingError(
+        f"--ckpt_path last: none of the {len(found)} checkpoints in {checkpoint_dir} was trained "
+        f"with this config ({config}); the newest, {found[0]}, has "
+        f"{'; '.join(_differences(found[0], wanted))}. Train once without --ckpt_path, or resume "
+        "that run with the config it was trained with"
+    )
+
+
+def _build_network(class_type: type[nn.Module], *args: Any, **kwargs: Any) -> nn.Module:
+    """The networks ship in the .mar without this package, so they refuse bad arguments with a
+    plain ValueError: this names the config key for the user."""
+    try:
+        return class_type(*args, **kwargs)
+    except (ValueError, FileNotFoundError) as exc:
+        raise ConfigError(f"model.net.init_args of {class_type.__name__}: {exc}") from exc
+
+
+class RecordRunConfig(Callback):
+    """Writes into every checkpoint what its run was trained with, for `find_last_checkpoint`."""
+
+    def __init__(self, run_config: dict[str, Any]) -> None:
+        self.run_config = run_config
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint[RUN_CONFIG] = self.run_config
+
+
+class ResumableMLFlowLogger(MLFlowLogger):
+    """MLflow refuses to change a logged param, so a run resumed with another value of one (a
+    larger batch size, say) keeps the first value as the param and the new one as a tag
+    `resumed/<key>`. Flattened as MLFlowLogger does, so the keys are the params' own."""
+
+    @rank_zero_only
+    def log_hyperparams(self, params: dict[str, Any] | Namespace) -> None:
+        logged = self.experiment.get_run(self.run_id).data.params
+        flat = {key: str(value) for key, value in _flatten_dict(_convert_params(params)).items()}
+        changed = {key: value for key, value in flat.items() if logged.get(key, value) != value}
+        for key, value in changed.items():
+            self.experiment.set_tag(self.run_id, f"resumed/{key}", value)
+        super().log_hyperparams({k: v for k, v in flat.items() if k not in changed})
 
 
 class FitCLI(LightningCLI):
@@ -54,18 +131,34 @@ class FitCLI(LightningCLI):
             )
         self.tracking_uri = tracking.resolve_tracking_uri(self.config.mlflow.tracking_uri)
         tracking.check_reachable(self.tracking_uri)
+        # after LightningCLI's own instantiators, so the module and DataModule keep theirs
+        self.parser.add_instantiator(_build_network, nn.Module)
+
+    def run_config(self) -> dict[str, Any]:
+        """What a checkpoint's run must have been trained with to be resumed here: the same MLflow
+        experiment and registered model, network and prepared dataset (epochs, batch size and
+        the rest may change)."""
+        settings: tracking.MlflowSettings = self.config_init.mlflow
+        return {
+            "mlflow.experiment": settings.experiment,
+            "mlflow.registered_model": settings.registered_model,
+            "model.net": net_params(self.model.net),
+            "data.settings": dataclasses.asdict(self.datamodule.settings),
+        }
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         cfg = self.config_init
         settings: tracking.MlflowSettings = cfg.mlflow
         checkpoint_dir = Path(cfg.checkpoint_dir)
         run_id = None
+        run_config = self.run_config()
         self.resume_path = cfg.ckpt_path
         if cfg.ckpt_path == "last":
-            self.resume_path = str(find_last_checkpoint(checkpoint_dir))
+            config = " ".join(map(str, self.config.get("config") or [])) or "no --config"
+            self.resume_path = str(find_last_checkpoint(checkpoint_dir, run_config, config))
         if self.resume_path:
             run_id = Path(self.resume_path).parent.name  # the same MLflow run goes on
-        logger = MLFlowLogger(
+        logger = ResumableMLFlowLogger(
             experiment_name=settings.experiment,
             tracking_uri=self.tracking_uri,
             run_id=run_id,
@@ -83,6 +176,7 @@ class FitCLI(LightningCLI):
             ),
             EarlyStopping(monitor=MONITOR, mode="max", patience=cfg.early_stopping_patience),
             LearningRateMonitor(logging_interval="epoch"),
+            RecordRunConfig(run_config),
         ]
         configured = (cfg.get("trainer") or {}).get("callbacks") or []
         return super().instantiate_trainer(
@@ -109,9 +203,7 @@ def main(args: list[str] | None = None) -> FitSummary | None:
             client.log_text(run_id, cli.parser.dump(cli.config, skip_none=False), "config.yaml")
             for key, value in tracking.environment_tags().items():
                 client.set_tag(run_id, key, value)
-        # the network's arguments live with the network (not in the module's hparams)
-        net = {"class": type(model.net).__name__, **getattr(model.net, "init_args", {})}
-        trainer.logger.log_hyperparams({"net": net})
+        trainer.logger.log_hyperparams({"net": net_params(model.net)})
         trainer.fit(model, datamodule=dm, ckpt_path=cli.resume_path)
         trainer.test(model, datamodule=dm, ckpt_path="best")
         if not trainer.is_global_zero:
