@@ -11,9 +11,14 @@ Accepted bodies: raw image bytes, multipart (field `data` or `file`), JSON `{"da
 and base64 text. Answer per image: `{"label", "probabilities", "model_version"}`.
 
 Statistics of every accepted image and prediction are counted in the worker and emitted as the
-`CatsDogsStatistic_bucket` counters by a thread every `statistics_flush_s` seconds (model-config.yaml;
-0: at the end of every batch), so that a request pays for a few array reductions, not for dozens of
-metric lines.
+`CatsDogsStatistic_bucket` counters by a thread, so that a request pays for a few array reductions,
+not for dozens of metric lines: once the worker has had no batch for QUIET_S, and at least every
+`statistics_flush_s` seconds under steady traffic (model-config.yaml; 0: at the end of every batch).
+The pause matters because a worker gets no notice of its end: on scale-down, unregister and stop,
+TorchServe 0.12 closes the worker's socket and SIGKILLs it a few milliseconds later (no SIGTERM, so
+no atexit or signal handler can flush), and counts still pending then are lost. A worker stopped
+after a pause of QUIET_S has emitted them all; one stopped in the middle of traffic loses at most
+its last `statistics_flush_s`.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from catsdogs_cnn import BaselineCNN
 from catsdogs_preprocessing import BadImage
 
 _BASE64_PREFIX = "base64,"  # data URLs: data:image/jpeg;base64,...
+QUIET_S = 1.0  # seconds without a batch after which the pending statistics are emitted
 
 
 def _b64decode(text: str | bytes) -> bytes:
@@ -114,6 +120,7 @@ class CatsDogsHandler:
         self.flush_s = float(config.get("statistics_flush_s", 5))
         self.pending = self._no_counts()
         self.lock = threading.Lock()
+        self.counted = threading.Event()  # set by every batch that added to `pending`
         self.flusher: threading.Thread | None = None
         self.initialized = True
 
@@ -144,6 +151,7 @@ class CatsDogsHandler:
         with self.lock:
             for name, counts in found.items():
                 self.pending[name] += counts
+        self.counted.set()
 
     def flush(self, metrics: Any, version: list[Any]) -> None:
         """Emit `pending` as cumulative `le` buckets (a Prometheus histogram) and reset it;
@@ -159,9 +167,16 @@ class CatsDogsHandler:
                 dims = [Dimension("statistic", name), Dimension("le", le), *version]
                 metrics.add_counter(f"{stats.METRIC}_bucket", count, 0, dims)
 
-    def _flush_every(self, metrics: Any, version: list[Any]) -> None:
+    def _flush_when_quiet(self, metrics: Any, version: list[Any]) -> None:
+        """Flush once no batch came for QUIET_S, or `flush_s` after the first count if batches
+        keep coming."""
         while True:
-            time.sleep(self.flush_s)
+            self.counted.wait()
+            due = time.monotonic() + self.flush_s
+            while (left := due - time.monotonic()) > 0:
+                self.counted.clear()
+                if not self.counted.wait(min(QUIET_S, left)):
+                    break
             self.flush(metrics, version)
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[dict[str, Any]]:
@@ -204,7 +219,7 @@ class CatsDogsHandler:
             self.flush(context.metrics, version)
         elif self.flusher is None:  # started with the first batch: it needs the worker's metrics
             self.flusher = threading.Thread(
-                target=self._flush_every, args=(context.metrics, version), daemon=True
+                target=self._flush_when_quiet, args=(context.metrics, version), daemon=True
             )
             self.flusher.start()
         context.metrics.add_time(

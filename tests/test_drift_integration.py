@@ -1,6 +1,7 @@
 """Drift monitoring end to end on a real TorchServe: a version whose archive carries a reference
 built from validation drawings; in-distribution drawings stay under the PSI threshold, greyscale and
-darkened ones push the statistic they change above it; the monitor command reports and exports it."""
+darkened ones push the statistic they change above it; the monitor command reports and exports it.
+The statistics of a worker that paused survive its scale-down."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image, ImageEnhance
 
 from catsdogs_pl import preprocessing, settings
@@ -26,6 +28,7 @@ from catsdogs_pl.monitoring import drift, monitor, reference, stats
 from catsdogs_pl.serving import deploy, package
 from catsdogs_pl.serving import torchserve as ts
 from catsdogs_pl.training import export
+from tests.helpers.images import image_bytes
 from tests.helpers.serving import ARCH, SIZE
 
 pytestmark = [
@@ -33,6 +36,8 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs Java 17"),
 ]
 VERSION = "90"  # far from the registry's versions, which other tests package
+PAUSE_S = 2.0  # the handler's QUIET_S (1 s) and a margin
+OCTET = {"Content-Type": "application/octet-stream"}
 
 
 def _version_with_reference(tmp_path: Path) -> tuple[Path, list[bytes]]:
@@ -71,13 +76,16 @@ def _shifted(photos: list[bytes], change) -> list[bytes]:
     return out
 
 
+def _send(version: str, photos: list[bytes]) -> None:
+    for data in photos:
+        answer = ts.call("inference", "POST", f"/predictions/catsdogs/{version}", data, OCTET)
+        assert answer.status == 200, answer.text
+
+
 def _served_window(photos: list[bytes]) -> monitor.Window:
     """Send `photos` to the version and wait until the workers flushed their statistics."""
     before = monitor.scrape()
-    octet = {"Content-Type": "application/octet-stream"}
-    for data in photos:
-        answer = ts.call("inference", "POST", f"/predictions/catsdogs/{VERSION}", data, octet)
-        assert answer.status == 200, answer.text
+    _send(VERSION, photos)
     deadline = time.monotonic() + 60
     while True:
         window = monitor.scrape().minus(before)
@@ -145,3 +153,29 @@ def test_drift_in_and_out_of_distribution(blank_torchserve: Path, tmp_path: Path
         assert set(stats.IMAGE) <= {s for s in stats.EDGES if f'statistic="{s}"' in text}
     finally:
         deploy._unregister(VERSION)
+
+
+def _scale(version: str, workers: int) -> None:
+    query = f"min_worker={workers}&max_worker={workers}&synchronous=true"
+    path = f"/models/{settings.MODEL_NAME}/{version}?{query}"
+    ts.check(ts.call("management", "PUT", path, timeout=120), f"scale v{version} to {workers}")
+
+
+def test_a_paused_worker_loses_no_statistics_when_scaled_down(served: Path) -> None:
+    """TorchServe stops a worker by closing its socket and SIGKILLing it milliseconds later: the
+    statistics of what it answered are in the metrics once it paused, well inside
+    statistics_flush_s, so a scale-down (or an unregister) after that pause loses none."""
+    config = yaml.safe_load(settings.MODEL_CONFIG.read_text())
+    assert config["handler"]["statistics_flush_s"] >= 2 * PAUSE_S
+    photos = [image_bytes(i, (64, 48)) for i in range(12)]
+    before = monitor.scrape()
+    _send("1", photos)
+    time.sleep(PAUSE_S)
+    _scale("1", 0)
+    try:
+        window = monitor.scrape().minus(before)
+        assert window.counts("1")["confidence"].sum() == len(photos)
+        assert window.counts("1")["brightness"].sum() == len(photos)
+    finally:
+        _scale("1", config["minWorkers"])
+        ts.wait_ready("1")

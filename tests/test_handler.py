@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import csv
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -147,3 +149,55 @@ def test_parity_with_training_evaluation(tmp_path: Path, model_dir: Path) -> Non
     with torch.inference_mode():
         expected = net(train_side).softmax(-1)
     assert torch.allclose(handler.predict(decoded), expected)
+
+
+def _quiet_s(handler) -> float:
+    """The handler module's pause after which it flushes (imported as TorchServe imports it)."""
+    return sys.modules[type(handler).__module__].QUIET_S
+
+
+def _flushed_images(context: FakeContext) -> float:
+    """Images in the statistics flushed so far (the `+Inf` bucket of the confidence)."""
+    return sum(
+        value
+        for name, value, dims in context.metrics.calls
+        if name == "CatsDogsStatistic_bucket"
+        and ("le", "+Inf") in dims
+        and ("statistic", "confidence") in dims
+    )
+
+
+def _wait_for_flush(context: FakeContext, images: int, seconds: float) -> float:
+    """Seconds until `images` images were flushed; fails after `seconds`."""
+    start = time.monotonic()
+    while _flushed_images(context) < images:
+        assert time.monotonic() - start < seconds, f"{_flushed_images(context)} images flushed"
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def test_statistics_are_flushed_once_the_worker_pauses(handler_and_context) -> None:
+    """TorchServe SIGKILLs a stopped worker without notice: what a worker counted must be out
+    well before the flush interval once it gets no batch, so that a stop after a pause loses
+    nothing."""
+    handler, context = handler_and_context
+    quiet = _quiet_s(handler)
+    assert handler.flush_s >= 5 * quiet  # the shipped interval: a flush on it comes too late
+    handler.handle([{"body": JPEG}, {"body": PNG}], context)
+    waited = _wait_for_flush(context, 2, seconds=handler.flush_s / 2)
+    assert waited >= 0.9 * quiet  # not a flush after every batch
+
+
+def test_steady_traffic_still_flushes_every_interval(model_dir: Path) -> None:
+    """Batches closer together than the pause still get their counts out every flush_s."""
+    context = FakeContext(model_dir, statistics_flush_s=0.5)
+    handler = load_handler(model_dir, context)
+    quiet = _quiet_s(handler)
+    sent = 0
+    start = time.monotonic()
+    while _flushed_images(context) == 0:
+        assert time.monotonic() - start < quiet + 0.5, "no flush while batches kept coming"
+        handler.handle([{"body": JPEG}], context)
+        sent += 1
+        time.sleep(quiet / 10)
+    _wait_for_flush(context, sent, seconds=2 * quiet)

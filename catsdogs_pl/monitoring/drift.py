@@ -100,6 +100,16 @@ def _shares(counts: dict[str, float]) -> dict[str, float]:
     return {k: v / total for k, v in counts.items()} if total else {}
 
 
+def _images(counts: dict[str, Any]) -> int:
+    """Images in a window: every one has a confidence."""
+    return int(np.sum(counts.get("confidence", [0])))
+
+
+def skipped(version: str, counts: dict[str, Any], reason: str) -> Comparison:
+    """A version of the window left uncompared, with the reason the report gives."""
+    return Comparison(version, _images(counts), note=reason)
+
+
 def compare(
     version: str,
     reference: dict[str, Any] | None,
@@ -107,15 +117,14 @@ def compare(
     predicted: dict[str, float],
 ) -> Comparison:
     """Compare the bucket `counts` per statistic and `predicted` label counts of one version's
-    window with its `reference` (None: the version's archive has none)."""
-    images = int(np.sum(counts.get("confidence", [0])))
+    window with its `reference` (None: the version was exported without one)."""
     if reference is None:
-        return Comparison(version, images, note="its archive has no reference.json (fit it again)")
+        return skipped(version, counts, "it has no reference.json (fit it again)")
     if reference["edges"] != {k: list(v) for k, v in stats.EDGES.items()}:
-        return Comparison(version, images, note="its reference has other bucket edges")
+        return skipped(version, counts, "its reference has other bucket edges")
     return Comparison(
         version,
-        images,
+        _images(counts),
         psi={name: psi(reference["counts"][name], counts[name]) for name in counts},
         reference_accuracy=reference["accuracy"],
         estimated_accuracy=estimated_accuracy(reference, counts.get("confidence", [])),

@@ -6,8 +6,11 @@ reference (input drift per statistic, confidence, predicted class ratio, estimat
   monitor --prometheus URL --window 3600   the last hour, from Prometheus (docker compose)
   monitor ... --serve [--interval 60]      keep comparing; gauges at monitor_address/metrics
 
-The references come from the `.mar` of each version in the model store (`reference.json`, written
-by fit), so the monitor needs the state folder (`$CATSDOGS_HOME`) and no registry.
+Each version's reference (`reference.json`, written by fit) comes from its newest `.mar` in the
+model store (`$CATSDOGS_HOME`), else from the registry (`servable/reference.json` of the version's
+run; needs mlflow), so a monitor without the model store (Kubernetes) compares too. A version whose
+reference cannot be read now (an archive being rewritten, a registry that does not answer) is
+reported as skipped, with why, and read again the next round.
 """
 
 from __future__ import annotations
@@ -16,12 +19,16 @@ import argparse
 import json
 import re
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
 import urllib.request
+import zipfile
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -126,19 +133,75 @@ def query_prometheus(url: str, seconds: int) -> Window:
     return window
 
 
+class ReferenceUnavailable(errors.CatsDogsError):
+    """A version's reference cannot be read this round; the next round tries again."""
+
+
+# what reading an archive that is missing, half written or being replaced raises
+_UNREADABLE = (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error)
+
+
 def load_reference(version: str) -> dict[str, Any] | None:
-    """The reference in the version's archive in the model store (None: no archive or none in
-    it)."""
-    mar = settings.model_store() / settings.mar_name(version)
-    return reference.from_mar(mar) if mar.exists() else None
+    """The reference of `version` (None: it was exported without one): from its newest archive in
+    the model store, else from the registry. ReferenceUnavailable when it cannot be read now."""
+    try:
+        mar = settings.find_mar(version)
+        if mar is not None:
+            return reference.from_mar(mar)
+    except _UNREADABLE as exc:
+        raise ReferenceUnavailable(
+            f"the archive of v{version} in {settings.model_store()} is unreadable "
+            f"({type(exc).__name__}: {exc}); if `package --force` is rewriting it, it is read "
+            f"again next round, else package v{version} again with --force"
+        ) from exc
+    return _registry_reference(version)
+
+
+def _registry_reference(version: str) -> dict[str, Any] | None:
+    """`servable/reference.json` of the run of registered `version` (None: it has none), in the
+    registry of the fit config as package and deploy find it: for a monitor without the model
+    store."""
+    where = f"no archive of v{version} in {settings.model_store()}"
+    try:
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        from catsdogs_pl.serving.package import NotRegisteredError, resolve_version
+        from catsdogs_pl.training import tracking
+    except ImportError as exc:
+        raise ReferenceUnavailable(
+            f"{where}, and no mlflow to read the registry ({exc}): mount the model store or "
+            "install mlflow"
+        ) from exc
+    store = tracking.MlflowSettings.from_config()
+    uri = tracking.resolve_tracking_uri(store.tracking_uri)
+    try:
+        tracking.check_reachable(uri)  # UnreachableError (an OSError) in seconds, no retries
+        client = MlflowClient(uri)
+        _, run_id = resolve_version(client, store.registered_model, version)
+        logged = {Path(a.path).name for a in client.list_artifacts(run_id, "servable")}
+        if reference.FILE not in logged:
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            path = client.download_artifacts(run_id, f"servable/{reference.FILE}", tmp)
+            return json.loads(Path(path).read_text())
+    except (NotRegisteredError, MlflowException, OSError, ValueError) as exc:
+        raise ReferenceUnavailable(f"{where}, and the registry at {uri}: {exc}") from exc
 
 
 def compare(window: Window) -> list[drift.Comparison]:
-    """Every version seen in `window` against its reference."""
-    return [
-        drift.compare(v, load_reference(v), window.counts(v), window.labels(v))
-        for v in window.versions()
-    ]
+    """Every version seen in `window` against its reference; one whose reference cannot be read
+    now is reported as skipped."""
+    found = []
+    for version in window.versions():
+        counts = window.counts(version)
+        try:
+            ref = load_reference(version)
+        except ReferenceUnavailable as exc:
+            found.append(drift.skipped(version, counts, f"skipped this round: {exc}"))
+        else:
+            found.append(drift.compare(version, ref, counts, window.labels(version)))
+    return found
 
 
 class Monitor:

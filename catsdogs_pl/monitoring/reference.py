@@ -2,7 +2,7 @@
 validation predictions, in the buckets of `stats`, with how well its confidence is calibrated.
 
 fit writes it as `reference.json` into the servable export, so the MLflow run and the `.mar` carry
-the same file; the monitor reads it back from the `.mar` of each served version.
+the same file; the monitor reads it back from the `.mar` of each served version, or from the run.
 """
 
 from __future__ import annotations
