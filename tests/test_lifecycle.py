@@ -131,6 +131,19 @@ def test_scale_to_zero_workers_is_refused_at_once(capsys) -> None:
     assert "--workers 0: at least 1" in capsys.readouterr().err
 
 
+def test_an_unregister_answered_500_counts_by_what_stays_registered(monkeypatch, capsys) -> None:
+    interrupted = ts.Response(500, b'{"message": "Interrupted while cleaning resources: catsdogs"}')
+    monkeypatch.setattr(ts, "call", lambda *a, **k: interrupted)
+    monkeypatch.setattr(deploy, "_registered", lambda: {"2": "catsdogs_v2-b.mar"})
+    deploy._unregister("1")  # gone despite the 500: done
+    with pytest.raises(ts.TorchServeError, match="unregister v2: HTTP 500"):
+        deploy._unregister("2")
+    # retiring is after the deploy: a version that stays registered is a warning, not a failure
+    monkeypatch.setattr(ts, "default_version", lambda: "3")
+    assert deploy._retire(["catsdogs_v2-b.mar", "catsdogs_v3-c.mar"], keep=0) == []
+    assert "v2 stays registered" in capsys.readouterr().err
+
+
 def test_predict_sends_the_local_key_only_to_its_own_server(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("CATSDOGS_HOME", str(tmp_path))
     (tmp_path / ts.KEY_FILE).write_text(json.dumps({"inference": {"key": "local-secret"}}))

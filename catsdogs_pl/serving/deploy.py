@@ -86,8 +86,14 @@ def _register(version: str, mar: Path) -> bool:
 
 
 def _unregister(version: str) -> None:
+    """DELETE the version. TorchServe 0.12 sometimes answers 500 "Interrupted while cleaning
+    resources" although the version is gone (seen under load in the chaos test): what counts is
+    whether it is still registered."""
     path = f"/models/{settings.MODEL_NAME}/{version}"
-    ts.check(ts.call("management", "DELETE", path, timeout=120), f"unregister v{version}")
+    response = ts.call("management", "DELETE", path, timeout=120)
+    if response.status >= 500 and version not in _registered():
+        return
+    ts.check(response, f"unregister v{version}")
 
 
 def _retire(history: list[str], keep: int) -> list[str]:
@@ -101,9 +107,13 @@ def _retire(history: list[str], keep: int) -> list[str]:
             break
         if version not in kept:
             kept.append(version)
-    retired = sorted(set(_registered()) - set(kept), key=int)
-    for version in retired:
-        _unregister(version)
+    retired = []
+    for version in sorted(set(_registered()) - set(kept), key=int):
+        try:
+            _unregister(version)
+            retired.append(version)
+        except ts.TorchServeError as exc:  # the deploy is done; the next one retires it
+            print(f"warning: v{version} stays registered: {exc}", file=sys.stderr)
     return retired
 
 
