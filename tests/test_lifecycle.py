@@ -133,11 +133,15 @@ def test_scale_to_zero_workers_is_refused_at_once(capsys) -> None:
 
 def test_an_unregister_answered_500_counts_by_what_stays_registered(monkeypatch, capsys) -> None:
     interrupted = ts.Response(500, b'{"message": "Interrupted while cleaning resources: catsdogs"}')
-    monkeypatch.setattr(ts, "call", lambda *a, **k: interrupted)
+    calls = []
+    monkeypatch.setattr(ts, "call", lambda *a, **k: calls.append(a) or interrupted)
     monkeypatch.setattr(deploy, "_registered", lambda: {"2": "catsdogs_v2-b.mar"})
+    monkeypatch.setattr(deploy.time, "sleep", lambda s: None)
     deploy._unregister("1")  # gone despite the 500: done
+    assert len(calls) == 1
     with pytest.raises(ts.TorchServeError, match="unregister v2: HTTP 500"):
-        deploy._unregister("2")
+        deploy._unregister("2")  # still there after every try
+    assert len(calls) == 4
     # retiring is after the deploy: a version that stays registered is a warning, not a failure
     monkeypatch.setattr(ts, "default_version", lambda: "3")
     assert deploy._retire(["catsdogs_v2-b.mar", "catsdogs_v3-c.mar"], keep=0) == []

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 import urllib.parse
 from pathlib import Path
 
@@ -85,12 +86,16 @@ def _register(version: str, mar: Path) -> bool:
     return True
 
 
-def _unregister(version: str) -> None:
+def _unregister(version: str, tries: int = 3) -> None:
     """DELETE the version. TorchServe 0.12 sometimes answers 500 "Interrupted while cleaning
-    resources" although the version is gone (seen under load in the chaos test): what counts is
-    whether it is still registered."""
+    resources" (seen under load in the chaos test), the version gone or not: what counts is
+    whether it is still registered, and a second DELETE usually succeeds."""
     path = f"/models/{settings.MODEL_NAME}/{version}"
-    response = ts.call("management", "DELETE", path, timeout=120)
+    for attempt in range(tries):
+        response = ts.call("management", "DELETE", path, timeout=120)
+        if response.status < 500 or version not in _registered():
+            break
+        time.sleep(2 * (attempt + 1))
     if response.status >= 500 and version not in _registered():
         return
     ts.check(response, f"unregister v{version}")
