@@ -34,11 +34,12 @@ CMD ["python", "-m", "catsdogs_pl.mlflow_server", "--host", "0.0.0.0", "--port",
 # --- what serve and train share: Java 17 for TorchServe, tini as PID 1, CPU torch wheels
 FROM base AS runtime
 # Debian's security updates move these versions; bookworm pins the major version (17).
-# The JRE's postinst links a man page: slim images have no /usr/share/man/man1.
+# The JRE's postinst links a man page: slim images have no /usr/share/man/man1. TorchServe stops a
+# worker by running `kill -9 PID` (procps): without it unregister answers 500 and keeps the version.
 # hadolint ignore=DL3008
 RUN mkdir -p /usr/share/man/man1 \
     && apt-get update \
-    && apt-get install -y --no-install-recommends openjdk-17-jre-headless tini \
+    && apt-get install -y --no-install-recommends openjdk-17-jre-headless procps tini \
     && rm -rf /var/lib/apt/lists/*
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ARG TORCH_VERSION=2.5.1

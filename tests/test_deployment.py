@@ -183,6 +183,8 @@ def test_images_install_what_they_run_with() -> None:
     assert re.search(r'"pyyaml==[\d.]+"', runtime)
     # the JRE's postinst links a man page into a folder slim images delete
     assert runtime.index("mkdir -p /usr/share/man/man1") < runtime.index("openjdk-17-jre-headless")
+    # TorchServe stops a worker with `kill -9` (procps): without it no version can be unregistered
+    assert re.search(r"apt-get install[^\n]* procps", runtime)
     # one MLflow version, declared once, for the server and the trainer's client
     dockerfile = (settings.ROOT / "Dockerfile").read_text()
     assert len(re.findall(r"^ARG MLFLOW_VERSION=", dockerfile, re.M)) == 1
