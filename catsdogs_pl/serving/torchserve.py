@@ -74,10 +74,8 @@ def renew_key(kind: str, refused: str | None, timeout: float = 10) -> str:
                 f"TorchServe refused the {kind} key and {home / KEY_FILE} has no API key to renew "
                 "it: run this command where the server keeps its key file (its state folder)"
             )
-        auth = {"Authorization": f"Bearer {api}"}
-        check(
-            _send("management", "GET", f"/token?type={kind}", None, auth), f"renew the {kind} key"
-        )
+        url = f"{settings.address('management')}/token?type={kind}"
+        check(_send("GET", url, None, {"Authorization": f"Bearer {api}"}), f"renew the {kind} key")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             key = read_key(kind)
@@ -91,15 +89,8 @@ def renew_key(kind: str, refused: str | None, timeout: float = 10) -> str:
 
 
 def _send(
-    kind: str,
-    method: str,
-    path: str,
-    data: bytes | None,
-    headers: dict[str, str],
-    timeout: float = 60,
-    base: str | None = None,
+    method: str, url: str, data: bytes | None, headers: dict[str, str], timeout: float = 60
 ) -> Response:
-    url = (base or settings.address(kind)) + path
     request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -129,14 +120,18 @@ def call(
     where config.properties says); never raises on HTTP codes. The key of the state folder goes
     only to the server of this state folder, and a refused one is renewed and the call sent
     once more."""
-    token = token and kind != "metrics" and base in (None, settings.address(kind))
+    own = settings.address(kind)
+    token = token and kind != "metrics" and base in (None, own)
     key_kind = "inference" if kind == "inference" else "management"
+
+    def send(key: str | None) -> Response:
+        auth = {"Authorization": f"Bearer {key}"} if key else {}
+        return _send(method, (base or own) + path, data, {**(headers or {}), **auth}, timeout)
+
     key = read_key(key_kind) if token else None
-    auth = {"Authorization": f"Bearer {key}"} if key else {}
-    response = _send(kind, method, path, data, {**(headers or {}), **auth}, timeout, base)
+    response = send(key)
     if token and refused_key(response) and token_auth():
-        auth = {"Authorization": f"Bearer {renew_key(key_kind, key)}"}
-        response = _send(kind, method, path, data, {**(headers or {}), **auth}, timeout, base)
+        response = send(renew_key(key_kind, key))
     return response
 
 
