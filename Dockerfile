@@ -77,7 +77,7 @@ WORKDIR /app
 COPY pyproject.toml ./
 # A stub package lets pip resolve the dependencies before the code exists (a cacheable layer).
 RUN mkdir catsdogs_pl && touch catsdogs_pl/__init__.py README.md \
-    && pip install --editable . "mlflow==${MLFLOW_VERSION}" \
+    && pip install --editable ".[pretrained]" "mlflow==${MLFLOW_VERSION}" \
     && rm -r catsdogs_pl
 COPY --from=serve /app /app
 # The work folder (checkpoints/, data/) exists, owned by catsdogs: a new volume mounted on it

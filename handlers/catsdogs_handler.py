@@ -2,9 +2,10 @@
 
 Everything it loads sits inside the `.mar`: `weights.pt` (a state_dict, read with weights_only=True),
 `architecture.json`, `preprocessing.json`, `index_to_name.json`, `reference.json` (what the
-monitor compares with) and the source files copied from the training code: `catsdogs_cnn.py` and
-`catsdogs_backbone.py` (the networks: `architecture.json` names which), `catsdogs_preprocessing.py`
-(decode, resize, normalise) and `catsdogs_stats.py` (the input and prediction statistics). Serving therefore runs the very code that built the training cache and
+monitor compares with) and the source files copied from the training code: `catsdogs_cnn.py`,
+`catsdogs_backbone.py` and `catsdogs_efficientnet_lite.py` (the networks: `architecture.json` names
+which), `catsdogs_preprocessing.py` (decode, resize, normalise) and `catsdogs_stats.py` (the input
+and prediction statistics). Serving therefore runs the very code that built the training cache and
 the training reference.
 
 Accepted bodies: raw image bytes, multipart (field `data` or `file`), JSON `{"data": "<base64>"}`
@@ -84,13 +85,18 @@ def _payload(row: dict[str, Any]) -> bytes:
 
 def _network(architecture: dict[str, Any]) -> torch.nn.Module:
     """The network architecture.json names (before it named one: BaselineCNN), fresh weights.
-    torchvision is imported only for a TorchvisionNet, so the baseline's workers load as fast as
-    before."""
+    The pretrained networks' modules (torchvision for a TorchvisionNet) are imported only for them,
+    so the baseline's workers load as fast as before."""
     args = dict(architecture)
-    if args.pop("network", "BaselineCNN") == "TorchvisionNet":
+    network = args.pop("network", "BaselineCNN")
+    if network == "TorchvisionNet":
         from catsdogs_backbone import TorchvisionNet
 
         return TorchvisionNet(**args)
+    if network == "EfficientNetLite0":
+        from catsdogs_efficientnet_lite import EfficientNetLite0
+
+        return EfficientNetLite0(**args)
     return BaselineCNN(**args)
 
 

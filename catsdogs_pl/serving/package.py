@@ -28,9 +28,11 @@ from catsdogs_pl import settings
 from catsdogs_pl.errors import CatsDogsError, run
 from catsdogs_pl.training import export, tracking
 
+MODELS = settings.ROOT / "catsdogs_pl" / "models"
 SOURCES = {  # file shipped in the .mar -> where it comes from
-    "catsdogs_cnn.py": settings.ROOT / "catsdogs_pl" / "models" / "cnn.py",
-    "catsdogs_backbone.py": settings.ROOT / "catsdogs_pl" / "models" / "backbone.py",
+    "catsdogs_cnn.py": MODELS / "cnn.py",
+    "catsdogs_backbone.py": MODELS / "backbone.py",
+    "catsdogs_efficientnet_lite.py": MODELS / "efficientnet_lite.py",
     "catsdogs_preprocessing.py": settings.ROOT / "catsdogs_pl" / "preprocessing.py",
     "catsdogs_stats.py": settings.ROOT / "catsdogs_pl" / "monitoring" / "stats.py",
 }

@@ -1,8 +1,8 @@
 """The servable export: everything TorchServe needs, nothing it must unpickle.
 
 `weights.pt` is a plain state_dict (loadable with `weights_only=True`), `architecture.json` names
-the network (`network`: BaselineCNN or TorchvisionNet; exports made before it existed are
-BaselineCNN) with its own constructor arguments (`init_args`), and `preprocessing.json` /
+the network (`network`: BaselineCNN, TorchvisionNet or EfficientNetLite0; exports made before it
+existed are BaselineCNN) with its own constructor arguments (`init_args`), and `preprocessing.json` /
 `index_to_name.json` come from the DataModule, so serving cannot drift from training.
 `reference.json` (the validation statistics the monitor compares served traffic with) is written by
 fit; exports made before it existed have none, and serve without monitoring.
@@ -20,6 +20,7 @@ from torch import nn
 from catsdogs_pl.errors import MissingError
 from catsdogs_pl.models.backbone import TorchvisionNet
 from catsdogs_pl.models.cnn import BaselineCNN
+from catsdogs_pl.models.efficientnet_lite import EfficientNetLite0
 
 WEIGHTS = "weights.pt"
 ARCHITECTURE = "architecture.json"
@@ -27,7 +28,11 @@ PREPROCESSING = "preprocessing.json"
 INDEX_TO_NAME = "index_to_name.json"
 REFERENCE = "reference.json"
 FILES = (WEIGHTS, ARCHITECTURE, PREPROCESSING, INDEX_TO_NAME)
-NETWORKS = {"BaselineCNN": BaselineCNN, "TorchvisionNet": TorchvisionNet}  # the handler's too
+NETWORKS = {  # the handler's too
+    "BaselineCNN": BaselineCNN,
+    "TorchvisionNet": TorchvisionNet,
+    "EfficientNetLite0": EfficientNetLite0,
+}
 
 
 def export(

@@ -36,6 +36,17 @@ def test_trainer_trains_through_mlflow_and_deploys(stack: Stack, report) -> None
     report("stack: trainer (demo.yaml) + deploy", {"seconds": round(time.monotonic() - started)})
 
 
+def test_train_image_holds_the_imagenet_weights(stack: Stack, report) -> None:
+    """finetune.yaml (the trainer's default config) trains offline: its weights are in the image."""
+    code = (
+        "from catsdogs_pl.models.efficientnet_lite import EfficientNetLite0, imagenet_weights; "
+        "EfficientNetLite0(weights='imagenet'); print('loaded', imagenet_weights())"
+    )
+    out = stack.compose("run", "--rm", "--no-deps", "trainer", "python", "-c", code)
+    report("stack: ImageNet weights in the train image", out.strip().splitlines()[-1])
+    assert "loaded /" in out and out.strip().endswith("efficientnet-lite0-57934424.pth"), out
+
+
 def test_services_healthy_and_unprivileged(stack: Stack, report) -> None:
     health = {s: stack.inspect(s, "{{.State.Health.Status}}").strip() for s in SERVICES}
     report("stack: docker inspect health", health)
