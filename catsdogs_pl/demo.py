@@ -41,10 +41,13 @@ def _metrics() -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(prog="python -m catsdogs_pl.demo", description=__doc__).parse_args(argv)
+    parser = argparse.ArgumentParser(prog="python -m catsdogs_pl.demo", description=__doc__)
+    parser.add_argument("--seed", type=int, help="the training seed (default: demo.yaml's)")
+    args = parser.parse_args(argv)
     os.chdir(settings.ROOT)  # the demo config's data paths are relative to the repository
     _step(f"1/6 fit {DEMO_CONFIG.relative_to(settings.ROOT)} (state in {settings.home()})")
-    summary = fit.main(["--config", str(DEMO_CONFIG), "--trainer.enable_progress_bar=false"])
+    seed = [] if args.seed is None else [f"--seed_everything={args.seed}"]
+    summary = fit.main(["--config", str(DEMO_CONFIG), "--trainer.enable_progress_bar=false", *seed])
     registry = MlflowSettings.from_config(DEMO_CONFIG)  # where fit registered the version
     _step("2/6 package the registered version for TorchServe")
     version, mar = package.package(version=summary.version, mlflow=registry)

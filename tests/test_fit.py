@@ -105,6 +105,25 @@ def test_demo_fit_logs_registers_and_exports(fit_args: list[str], tmp_path: Path
     assert reference.from_mar(mar) == logged
 
 
+@pytest.mark.slow  # trains demo.yaml unshrunk: about a minute
+def test_the_demo_config_as_shipped_learns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make demo`'s training: with 300 pictures per class some seeds learned nothing (0.48)."""
+    monkeypatch.chdir(tmp_path)
+    summary = main(
+        [
+            "--config",
+            str(ROOT / "configs" / "demo.yaml"),
+            "--seed_everything=7",
+            "--trainer.enable_progress_bar=false",
+            f"--checkpoint_dir={tmp_path / 'checkpoints'}",
+            f"--mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        ]
+    )
+    tested = json.loads((tmp_path / "data" / "prepared-demo" / "summary.json").read_text())
+    assert tested["splits"]["test"]["total"] >= 200
+    assert summary.test_metrics["test/acc"] >= 0.95
+
+
 @pytest.mark.slow  # trains
 def test_same_seed_same_metrics(fit_args: list[str], tmp_path: Path) -> None:
     first = main([*fit_args, "--trainer.max_epochs=1"])
@@ -194,7 +213,8 @@ def test_empty_test_split_is_refused_before_training(fit_args: list[str], tmp_pa
     ("config", "argument", "message"),
     [
         ("demo.yaml", "stem_stride=3", "BaselineCNN: stem_stride=3: use 2 or 4"),
-        ("finetune.yaml", "weights=nope.pt", "TorchvisionNet: weights='nope.pt': neither a file"),
+        ("finetune.yaml", "weights=nope.pt", "EfficientNetLite0: weights='nope.pt': no such file"),
+        ("finetune.yaml", "frozen_blocks=17", "EfficientNetLite0: num_classes=2, frozen_blocks=17"),
     ],
 )
 def test_bad_network_arguments_exit_2_with_the_key(
