@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import zipfile
-
 import numpy as np
 import pytest
 import torch
@@ -12,7 +10,7 @@ import torch
 from catsdogs_pl import preprocessing
 from catsdogs_pl.models.efficientnet_lite import BLOCKS, EfficientNetLite0, imagenet_weights
 from catsdogs_pl.preprocessing import BadImage
-from tests.helpers.shared_data import FULLSIZE_SAMPLE, SAMPLE_DEFECTS, SAMPLE_PREFIX, shared_file
+from tests.helpers.shared_data import sample_photos
 
 IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 IMAGENET_DOGS = range(151, 269)  # the 118 dog breeds
@@ -66,16 +64,12 @@ def test_frozen_blocks_keep_their_weights_and_batchnorm_statistics() -> None:
 def _sample_photos(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The full-size sample's photos (its defect files left out), decoded as serving does."""
     pixels, labels = [], []
-    with zipfile.ZipFile(shared_file(FULLSIZE_SAMPLE.name)) as archive:
-        for name in sorted(archive.namelist()):
-            relpath = name.removeprefix(SAMPLE_PREFIX)
-            if name.endswith("/") or relpath in SAMPLE_DEFECTS:
-                continue
-            try:
-                pixels.append(preprocessing.load_rgb(archive.read(name), size))
-            except BadImage:
-                continue
-            labels.append(int(relpath.startswith("Dog/")))
+    for relpath, data in sample_photos().items():
+        try:
+            pixels.append(preprocessing.load_rgb(data, size))
+        except BadImage:
+            continue
+        labels.append(int(relpath.startswith("Dog/")))
     batch = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2)
     return preprocessing.normalize(batch), torch.tensor(labels)
 

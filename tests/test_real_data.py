@@ -11,7 +11,7 @@ import numpy as np
 from catsdogs_pl import preprocessing
 from catsdogs_pl.data.prepare import Settings, prepare
 from catsdogs_pl.monitoring import drift, stats
-from tests.helpers.shared_data import SAMPLE_DEFECTS, SAMPLE_PREFIX, shared_file
+from tests.helpers.shared_data import SAMPLE_DEFECTS, SAMPLE_PREFIX, sample_photos, shared_file
 
 
 def test_fullsize_sample_outcomes(tmp_path: Path) -> None:
@@ -50,11 +50,7 @@ def test_real_photos_drift_only_when_shifted(report) -> None:
     """Half the full-size sample against the other half: no drift; the same half greyscale,
     darkened, or photos from another source (petimages-180: re-saved at 180x180) drift in the
     statistic that changed."""
-    with zipfile.ZipFile(shared_file("petimages-fullsize-sample.zip")) as sample:
-        names = sorted(n for n in sample.namelist() if n.endswith(".jpg"))
-        photos = [
-            sample.read(n) for n in names if n.removeprefix(SAMPLE_PREFIX) not in SAMPLE_DEFECTS
-        ]
+    photos = list(sample_photos().values())
     with zipfile.ZipFile(shared_file("petimages-180.zip")) as other:
         names = sorted(n for n in other.namelist() if n.endswith(".jpg"))
         elsewhere = [other.read(n) for n in names[::80]]

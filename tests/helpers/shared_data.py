@@ -5,6 +5,7 @@ Tests that use it skip when the folder is absent: a user's fresh clone has none.
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,3 +59,15 @@ SAMPLE_DEFECTS: dict[str, SampleFile] = {
         "decompression_bomb",
     ),
 }
+
+
+def sample_photos() -> dict[str, bytes]:
+    """The full-size sample's photos, its defect files left out, by their path under PetImages/
+    (sorted); skips the test when ../shared/data is absent."""
+    with zipfile.ZipFile(shared_file(FULLSIZE_SAMPLE.name)) as sample:
+        return {
+            rel: sample.read(name)
+            for name in sorted(sample.namelist())
+            if name.endswith(".jpg")
+            and (rel := name.removeprefix(SAMPLE_PREFIX)) not in SAMPLE_DEFECTS
+        }
