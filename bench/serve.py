@@ -46,11 +46,11 @@ import numpy as np
 import yaml
 from mlflow import MlflowClient
 
-from catsdogs_pl import preprocessing, settings
+from catsdogs_pl import preprocessing, registry, settings
 from catsdogs_pl.data import sources
 from catsdogs_pl.serving import package, serve
 from catsdogs_pl.serving import torchserve as ts
-from catsdogs_pl.training import export, tracking
+from catsdogs_pl.training import export
 
 WARMUP_S = 2.0
 MIN_PHOTO_BYTES = 5_000  # thumbnails and stubs are not the photos users send
@@ -73,9 +73,9 @@ def servable(args: argparse.Namespace, tmp: Path) -> Path:
     """The export folder to serve: given, or `servable/` of the registry version's run."""
     if args.export_dir:
         return args.export_dir
-    registry = tracking.MlflowSettings.from_config()
-    client = MlflowClient(tracking.resolve_tracking_uri(args.tracking_uri or registry.tracking_uri))
-    _, run_id = package.resolve_version(client, registry.registered_model, args.model_version)
+    store = registry.MlflowSettings.from_config()
+    client = MlflowClient(registry.resolve_tracking_uri(args.tracking_uri or store.tracking_uri))
+    _, run_id = registry.resolve_version(client, store.registered_model, args.model_version)
     return Path(client.download_artifacts(run_id, "servable", str(tmp)))
 
 

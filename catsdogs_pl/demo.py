@@ -14,10 +14,10 @@ from pathlib import Path
 
 from catsdogs_pl import fit, settings
 from catsdogs_pl.errors import run
+from catsdogs_pl.registry import MlflowSettings
 from catsdogs_pl.serving import deploy, package, serve
 from catsdogs_pl.serving import torchserve as ts
 from catsdogs_pl.serving.predict import describe, predict
-from catsdogs_pl.training.tracking import MlflowSettings
 
 DEMO_CONFIG = settings.ROOT / "configs" / "demo.yaml"
 WATCHED = ("ts_inference_requests_total", "CatsDogsPredictions", "CatsDogsRejectedInputs")

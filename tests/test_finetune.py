@@ -15,14 +15,14 @@ import torch
 from mlflow import MlflowClient
 from torchvision.models import get_model
 
-from catsdogs_pl import preprocessing, settings
+from catsdogs_pl import preprocessing, registry, settings
 from catsdogs_pl.fit import main
 from catsdogs_pl.models.backbone import TorchvisionNet
 from catsdogs_pl.models.efficientnet_lite import EfficientNetLite0
 from catsdogs_pl.serving import deploy, package
 from catsdogs_pl.serving import torchserve as ts
 from catsdogs_pl.serving.predict import predict
-from catsdogs_pl.training import export, tracking
+from catsdogs_pl.training import export
 from tests.helpers.images import image_bytes
 from tests.helpers.serving import FakeContext, load_handler
 
@@ -96,7 +96,7 @@ def test_finetune_fit_register_package_serve_predict(
             f"--checkpoint_dir={tmp_path / 'checkpoints'}",
         ]
     )
-    client = MlflowClient(tracking.resolve_tracking_uri())  # the session server's registry
+    client = MlflowClient(registry.resolve_tracking_uri())  # the session server's registry
     version = summary.version
     try:
         run = client.get_run(summary.run_id)

@@ -16,15 +16,15 @@ import torch
 from lightning.pytorch import Callback
 from mlflow import MlflowClient
 
-from catsdogs_pl import errors
+from catsdogs_pl import errors, registry
 from catsdogs_pl.errors import ConfigError, MissingError
 from catsdogs_pl.fit import main
 from catsdogs_pl.models.classifier import TEST_ACC, VAL_ACC
 from catsdogs_pl.monitoring import reference
+from catsdogs_pl.registry import MlflowSettings
 from catsdogs_pl.serving import package
-from catsdogs_pl.training import export, tracking
+from catsdogs_pl.training import export
 from catsdogs_pl.training.fit import RUN_CONFIG, find_last_checkpoint
-from catsdogs_pl.training.tracking import MlflowSettings
 from tests.helpers.serving import environment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -258,13 +258,13 @@ def test_champion_alias_rule(tmp_path: Path) -> None:
 
     def new_version(acc: float, data: str):
         tags = {TEST_ACC: str(acc), "dataset_version": data}
-        return tracking.register(client, "m", str(tmp_path), "", tags, "test")
+        return registry.register(client, "m", str(tmp_path), "", tags, "test")
 
-    assert tracking.update_champion(client, "m", new_version(0.90, "d1"), TEST_ACC)[0]
-    assert not tracking.update_champion(client, "m", new_version(0.80, "d1"), TEST_ACC)[0]
+    assert registry.update_champion(client, "m", new_version(0.90, "d1"), TEST_ACC)[0]
+    assert not registry.update_champion(client, "m", new_version(0.80, "d1"), TEST_ACC)[0]
     assert str(client.get_model_version_by_alias("m", "champion").version) == "1"
-    assert tracking.update_champion(client, "m", new_version(0.90, "d1"), TEST_ACC)[0]  # a tie
-    moved, reason = tracking.update_champion(client, "m", new_version(0.99, "d2"), TEST_ACC)
+    assert registry.update_champion(client, "m", new_version(0.90, "d1"), TEST_ACC)[0]  # a tie
+    moved, reason = registry.update_champion(client, "m", new_version(0.99, "d2"), TEST_ACC)
     assert not moved and "not comparable" in reason
     assert str(client.get_model_version_by_alias("m", "champion").version) == "3"
 

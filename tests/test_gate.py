@@ -16,11 +16,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from catsdogs_pl import settings
+from catsdogs_pl import registry, settings
 from catsdogs_pl.errors import ConfigError, MissingError, UnreachableError, run
 from catsdogs_pl.serving import deploy, gate
 from catsdogs_pl.serving import torchserve as ts
-from catsdogs_pl.training import tracking
 from tests.helpers.gate import (
     CLASSES,
     brightness_net,
@@ -140,9 +139,9 @@ def gated(capsys: pytest.CaptureFixture[str], version: str, folder: Path) -> tup
     return code, (out.out if code == 0 else out.err).splitlines()[-1]
 
 
-def registry(version: str) -> tuple[dict[str, str], dict[str, float], dict[str, str]]:
+def recorded(version: str) -> tuple[dict[str, str], dict[str, float], dict[str, str]]:
     """(registry version tags, its run's metrics, its run's tags)."""
-    client = MlflowClient(tracking.resolve_tracking_uri())
+    client = MlflowClient(registry.resolve_tracking_uri())
     found = client.get_model_version(settings.MODEL_NAME, version)
     data = client.get_run(found.run_id).data
     return found.tags, data.metrics, data.tags
@@ -162,7 +161,7 @@ def test_gate_accepts_a_version_at_least_as_good(
     assert "is at least v1's" in message and "- tolerance 0.00, no request failed" in message
     assert message.endswith(f"catsdogs v{good}: registered and default now (was v1)")
     assert ts.default_version() == good
-    tags, metrics, run_tags = registry(good)
+    tags, metrics, run_tags = recorded(good)
     assert tags["gate_passed"] == "true" and tags["gate_baseline_version"] == "1"
     assert tags["gate_acc"] == "1.000000" and tags["default_since"] >= tags["gate_at"]
     assert metrics == {"serving/acc": 1.0, "serving/count": 40.0, "serving/failed": 0.0}
@@ -177,11 +176,11 @@ def test_gate_refuses_a_worse_version_and_leaves_the_server_as_it_was(
     report,
 ) -> None:
     good, bad, folder = gate_setup
-    client = MlflowClient(tracking.resolve_tracking_uri())
-    if "default_since" in registry(good)[0]:  # set by an earlier test: this deploy must set it
+    client = MlflowClient(registry.resolve_tracking_uri())
+    if "default_since" in recorded(good)[0]:  # set by an earlier test: this deploy must set it
         client.delete_model_version_tag(settings.MODEL_NAME, good, "default_since")
     assert deploy.deploy(version=good).endswith("default now (was v1)")  # a deploy without gate
-    assert "default_since" in registry(good)[0]
+    assert "default_since" in recorded(good)[0]
     before = {e["modelVersion"] for e in ts.describe("all")}
     code, message = gated(capsys, bad, folder)
     report("gate refuses", message)
@@ -193,7 +192,7 @@ def test_gate_refuses_a_worse_version_and_leaves_the_server_as_it_was(
     assert ts.default_version() == good
     assert {e["modelVersion"] for e in ts.describe("all")} == before
     assert not list(settings.model_store().glob(settings.mar_name(bad, "*")))  # packaged, removed
-    tags, metrics, _ = registry(bad)
+    tags, metrics, _ = recorded(bad)
     assert tags["gate_passed"] == "false" and "default_since" not in tags
     assert (tags["gate_acc"], tags["gate_baseline_acc"]) == ("0.000000", "1.000000")
     assert tags["gate_baseline_version"] == good and metrics["serving/acc"] == 0.0
@@ -223,7 +222,7 @@ def test_a_failed_request_refuses_even_with_nothing_deployed(
     )
     assert message.endswith(f"default stays none; v{good} unregistered again")
     assert ts.describe("all") == []
-    assert registry(good)[0]["gate_baseline_version"] == "none"
+    assert recorded(good)[0]["gate_baseline_version"] == "none"
 
 
 def test_an_unreachable_inference_api_records_nothing(
@@ -235,9 +234,9 @@ def test_an_unreachable_inference_api_records_nothing(
     """Only TS_MANAGEMENT_ADDRESS right (the compose trainer before issue 21): the gate cannot
     score, so it says where it asked, and neither the registry nor the server changes."""
     good, _, folder = gate_setup
-    client = MlflowClient(tracking.resolve_tracking_uri())
+    client = MlflowClient(registry.resolve_tracking_uri())
     run_id = client.get_model_version(settings.MODEL_NAME, good).run_id
-    before = registry(good), len(client.get_metric_history(run_id, "serving/acc"))
+    before = recorded(good), len(client.get_metric_history(run_id, "serving/acc"))
     served_before = {e["modelVersion"] for e in ts.describe("all")}
     address = f"http://127.0.0.1:{free_ports(1)[0]}"
     with monkeypatch.context() as patch:
@@ -247,6 +246,6 @@ def test_an_unreachable_inference_api_records_nothing(
     assert message.startswith(
         f"error: gate: no answer to v{good}'s requests from TorchServe's inference API at {address}"
     )
-    assert (registry(good), len(client.get_metric_history(run_id, "serving/acc"))) == before
+    assert (recorded(good), len(client.get_metric_history(run_id, "serving/acc"))) == before
     assert {e["modelVersion"] for e in ts.describe("all")} == served_before  # unregistered again
     assert ts.default_version() == "1"

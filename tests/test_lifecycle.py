@@ -16,12 +16,11 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from catsdogs_pl import errors, settings
+from catsdogs_pl import errors, prometheus, registry, settings
+from catsdogs_pl.registry import MlflowSettings
 from catsdogs_pl.serving import deploy, package, serve
 from catsdogs_pl.serving import torchserve as ts
 from catsdogs_pl.serving.predict import predict
-from catsdogs_pl.training import tracking
-from catsdogs_pl.training.tracking import MlflowSettings
 from tests.helpers.images import image_bytes
 from tests.helpers.serving import environment, register_exports, state_folder
 
@@ -119,7 +118,7 @@ def test_unreadable_history_is_named_and_serve_run_starts_anyway(
             return 0
 
     monkeypatch.setattr(serve.subprocess, "Popen", Server)
-    monkeypatch.setattr(serve, "serve_metrics", lambda *a: None)
+    monkeypatch.setattr(prometheus, "expose", lambda *a: None)
     monkeypatch.setattr(serve.signal, "signal", lambda *a: None)
     assert serve.run() == 0
     assert "--models" not in started["cmd"]
@@ -252,7 +251,7 @@ def test_rollback_moves_the_default_tags(blank_torchserve: Path) -> None:
     deploy.deploy(version="1")
     deploy.deploy(version="2")
     deploy.rollback()
-    client = MlflowClient(tracking.resolve_tracking_uri())
+    client = MlflowClient(registry.resolve_tracking_uri())
     one = client.get_model_version("catsdogs", "1").tags
     two = client.get_model_version("catsdogs", "2").tags
     assert one["default_since"] >= two["default_since"]

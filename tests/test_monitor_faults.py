@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from catsdogs_pl import settings
+from catsdogs_pl import registry, settings
 from catsdogs_pl.monitoring import drift, monitor, reference, stats
-from catsdogs_pl.training import tracking
 
 VERSION = "3"
 
@@ -91,7 +90,7 @@ def _register(client: MlflowClient, experiment: str, files: dict[str, str]) -> s
     for name, text in files.items():
         client.log_text(run_id, text, f"servable/{name}")
     tags = {"dataset_version": "d", "test/acc": "0.5"}
-    registered = tracking.register(client, settings.MODEL_NAME, "servable", run_id, tags, "t")
+    registered = registry.register(client, settings.MODEL_NAME, "servable", run_id, tags, "t")
     return str(registered.version)
 
 
@@ -99,7 +98,7 @@ def test_without_an_archive_the_reference_comes_from_the_registry(home: Path) ->
     """A monitor without the model store (Kubernetes): the registry of the fit config (here the
     state folder's, as package and deploy find it) has the reference of every version."""
     ref = _reference()
-    client = MlflowClient(tracking.resolve_tracking_uri())
+    client = MlflowClient(registry.resolve_tracking_uri())
     experiment = client.create_experiment("monitor", artifact_location=str(home / "artifacts"))
     with_reference = _register(client, experiment, {reference.FILE: json.dumps(ref)})
     without = _register(client, experiment, {"architecture.json": "{}"})

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from catsdogs_pl import registry
 from catsdogs_pl.errors import ConfigError
+from catsdogs_pl.registry import MlflowSettings
 from catsdogs_pl.serving import package
-from catsdogs_pl.training import tracking
-from catsdogs_pl.training.tracking import MlflowSettings
 from tests.helpers.serving import make_export
 
 
@@ -25,14 +25,14 @@ def test_package_reads_the_registered_model_from_the_config(
     experiment = client.create_experiment("x", artifact_location=str(tmp_path / "artifacts"))
     run_id = client.create_run(experiment).info.run_id
     client.log_artifacts(run_id, str(make_export(tmp_path / "export")), "servable")
-    tracking.register(client, "pets", "servable", run_id, {}, "a renamed registered model")
+    registry.register(client, "pets", "servable", run_id, {}, "a renamed registered model")
     config = tmp_path / "fit.yaml"
     config.write_text(f"mlflow:\n  registered_model: pets\n  tracking_uri: {uri}\n")
 
     assert package.main(["--model-version", "1", "--config", str(config)]) == 0
     assert len(list((tmp_path / "home" / "model-store").glob("catsdogs_v1-*.mar"))) == 1
     # the shipped configs name `catsdogs`, which this registry does not have
-    with pytest.raises(package.NotRegisteredError, match="registered model 'catsdogs'"):
+    with pytest.raises(registry.NotRegisteredError, match="registered model 'catsdogs'"):
         package.package("1", mlflow=MlflowSettings(tracking_uri=uri))
 
 

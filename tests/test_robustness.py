@@ -11,10 +11,10 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from catsdogs_pl import preprocessing
+from catsdogs_pl import preprocessing, registry
 from catsdogs_pl.data.prepare import Settings, prepare, read_manifest
 from catsdogs_pl.errors import ConfigError, MissingError, run
-from catsdogs_pl.training import export, robustness, tracking
+from catsdogs_pl.training import export, robustness
 from tests.helpers.images import image_bytes, make_class_folders
 from tests.helpers.serving import make_export
 
@@ -28,7 +28,7 @@ def _registered(tmp_path: Path, dataset_version: str) -> tuple[MlflowClient, str
     run_id = client.create_run(experiment).info.run_id
     client.log_param(run_id, robustness.PARAM, dataset_version)
     client.log_artifacts(run_id, str(make_export(tmp_path / "export")), "servable")
-    tracking.register(client, "catsdogs", "servable", run_id, {}, "robustness test")
+    registry.register(client, "catsdogs", "servable", run_id, {}, "robustness test")
     config = tmp_path / "fit.yaml"
     config.write_text(f"mlflow:\n  registered_model: catsdogs\n  tracking_uri: {uri}\n")
     return client, run_id, config

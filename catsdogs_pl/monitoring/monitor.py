@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from catsdogs_pl import errors, settings
+from catsdogs_pl import errors, prometheus, settings
 from catsdogs_pl.monitoring import drift, reference, stats
 
 BUCKETS = f"{stats.METRIC}_bucket"
@@ -166,26 +166,25 @@ def _registry_reference(version: str) -> dict[str, Any] | None:
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
-        from catsdogs_pl.serving.package import NotRegisteredError, resolve_version
-        from catsdogs_pl.training import tracking
+        from catsdogs_pl import registry
     except ImportError as exc:
         raise ReferenceUnavailable(
             f"{where}, and no mlflow to read the registry ({exc}): mount the model store or "
             "install mlflow"
         ) from exc
-    store = tracking.MlflowSettings.from_config()
-    uri = tracking.resolve_tracking_uri(store.tracking_uri)
+    store = registry.MlflowSettings.from_config()
+    uri = registry.resolve_tracking_uri(store.tracking_uri)
     try:
-        tracking.check_reachable(uri)  # UnreachableError (an OSError) in seconds, no retries
+        registry.check_reachable(uri)  # UnreachableError (an OSError) in seconds, no retries
         client = MlflowClient(uri)
-        _, run_id = resolve_version(client, store.registered_model, version)
+        _, run_id = registry.resolve_version(client, store.registered_model, version)
         logged = {Path(a.path).name for a in client.list_artifacts(run_id, "servable")}
         if reference.FILE not in logged:
             return None
         with tempfile.TemporaryDirectory() as tmp:
             path = client.download_artifacts(run_id, f"servable/{reference.FILE}", tmp)
             return json.loads(Path(path).read_text())
-    except (NotRegisteredError, MlflowException, OSError, ValueError) as exc:
+    except (registry.NotRegisteredError, MlflowException, OSError, ValueError) as exc:
         raise ReferenceUnavailable(f"{where}, and the registry at {uri}: {exc}") from exc
 
 
@@ -262,9 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             comparisons = monitor.run_once()
         print(drift.report(comparisons, _describe(args)))
         return 0
-    from catsdogs_pl.serving.serve import serve_metrics
-
-    serve_metrics("monitor", lambda: monitor.latest)
+    prometheus.expose("monitor", lambda: monitor.latest)
     print(f"monitor: gauges at {settings.address('monitor')}/metrics", flush=True)
     stop = threading.Event()
     while not stop.is_set():

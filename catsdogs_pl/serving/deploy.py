@@ -30,18 +30,12 @@ from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 
-from catsdogs_pl import settings
+from catsdogs_pl import registry, settings
 from catsdogs_pl.errors import CatsDogsError, ConfigError, run
+from catsdogs_pl.registry import MlflowSettings
 from catsdogs_pl.serving import gate
 from catsdogs_pl.serving import torchserve as ts
-from catsdogs_pl.serving.package import (
-    add_store_arguments,
-    add_version_arguments,
-    mlflow_settings,
-    package,
-)
-from catsdogs_pl.training import tracking
-from catsdogs_pl.training.tracking import MlflowSettings
+from catsdogs_pl.serving.package import package
 
 KEEP = 1  # previous defaults that stay registered with workers, for an instant rollback
 
@@ -126,8 +120,8 @@ def _tag_default(mlflow: MlflowSettings, version: str, replaced: str | None) -> 
     """Registry tags: `default_since` on the new default, `default_until` on the one it replaced.
     Serving has already changed, so a registry that does not answer is reported, not fatal."""
     try:
-        client = tracking.client(mlflow)
-        now = tracking.utc_now()
+        client = registry.client(mlflow)
+        now = registry.utc_now()
         client.set_model_version_tag(mlflow.registered_model, version, "default_since", now)
         if replaced and replaced != version:
             client.set_model_version_tag(mlflow.registered_model, replaced, "default_until", now)
@@ -307,12 +301,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command")
     back = sub.add_parser("rollback", help="make the previous default the default again")
     _add_keep_argument(back)
-    add_store_arguments(back)
+    registry.add_store_arguments(back)
     sub.add_parser("list", help="registered versions, their workers, the retired ones")
     scaling = sub.add_parser("scale", help="set the workers of the default version")
     scaling.add_argument("--workers", type=int, required=True)
     if not argv or argv[0].startswith("-"):
-        add_version_arguments(parser)
+        registry.add_version_arguments(parser)
         _add_keep_argument(parser)
         parser.add_argument(
             "--gate",
@@ -330,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "keep", KEEP) < 0:
         parser.error(f"--keep {args.keep}: 0 or more previous versions")
     if args.command == "rollback":
-        print(rollback(mlflow_settings(args), args.keep))
+        print(rollback(registry.mlflow_settings(args), args.keep))
     elif args.command == "list":
         print(listing())
     elif args.command == "scale":
@@ -342,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
             args.model_version,
             args.alias,
             args.run_id,
-            mlflow_settings(args),
+            registry.mlflow_settings(args),
             args.keep,
         )
         print(message, file=sys.stdout if passed else sys.stderr)
@@ -350,7 +344,15 @@ def main(argv: list[str] | None = None) -> int:
     elif args.tolerance is not None:
         parser.error("--tolerance goes with --gate DIR")
     else:
-        print(deploy(args.model_version, args.alias, args.run_id, mlflow_settings(args), args.keep))
+        print(
+            deploy(
+                args.model_version,
+                args.alias,
+                args.run_id,
+                registry.mlflow_settings(args),
+                args.keep,
+            )
+        )
     return 0
 
 

@@ -16,11 +16,11 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from catsdogs_pl import settings
+from catsdogs_pl import registry, settings
 from catsdogs_pl.errors import ConfigError, MissingError, UnreachableError
 from catsdogs_pl.serving import torchserve as ts
 from catsdogs_pl.serving.predict import describe, predict
-from catsdogs_pl.training import export, tracking
+from catsdogs_pl.training import export
 
 EPSILON = 1e-9  # accuracies are ratios of counts: equal figures must not fail on rounding
 
@@ -157,7 +157,7 @@ def explain(candidate: Score, baseline: Score | None, tolerance: float, folder: 
 
 
 def record(
-    mlflow: tracking.MlflowSettings,
+    mlflow: registry.MlflowSettings,
     candidate: Score,
     baseline: Score | None,
     passed: bool,
@@ -165,7 +165,7 @@ def record(
 ) -> None:
     """The figures on the version's run (metrics `serving/*`, tag `serving/gate_sha256`) and on
     the registry version (tags `gate_*`), refusals included."""
-    client = tracking.client(mlflow)
+    client = registry.client(mlflow)
     name, version = mlflow.registered_model, candidate.version
     run_id = client.get_model_version(name, version).run_id
     client.log_metric(run_id, "serving/acc", candidate.acc)
@@ -179,7 +179,7 @@ def record(
         "gate_baseline_acc": f"{baseline.acc:.6f}" if baseline else "none",
         "gate_baseline_version": baseline.version if baseline else "none",
         "gate_dir_sha256": sha256,
-        "gate_at": tracking.utc_now(),
+        "gate_at": registry.utc_now(),
     }
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)

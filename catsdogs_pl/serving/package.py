@@ -22,11 +22,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 
-from catsdogs_pl import settings
+from catsdogs_pl import registry, settings
 from catsdogs_pl.errors import CatsDogsError, run
-from catsdogs_pl.training import export, tracking
+from catsdogs_pl.training import export
 
 MODELS = settings.ROOT / "catsdogs_pl" / "models"
 SOURCES = {  # file shipped in the .mar -> where it comes from
@@ -123,47 +122,12 @@ def build_mar(
     return target
 
 
-class NotRegisteredError(CatsDogsError, LookupError):
-    """The registry has no such version, alias or run."""
-
-
-def resolve_version(
-    client: MlflowClient,
-    name: str,
-    version: str | None = None,
-    alias: str | None = None,
-    run_id: str | None = None,
-) -> tuple[str, str]:
-    """(registered version, run id) from exactly one of version ("latest": the newest), alias or
-    run id."""
-    try:
-        if alias:
-            mv = client.get_model_version_by_alias(name, alias)
-        elif run_id or version == "latest":
-            query = f"name='{name}'" + (f" and run_id='{run_id}'" if run_id else "")
-            found = client.search_model_versions(query)
-            if not found:
-                where = f"run {run_id} has" if run_id else "the registry has"
-                raise NotRegisteredError(
-                    f"{where} no registered version of '{name}': run fit first"
-                )
-            mv = max(found, key=lambda v: int(v.version))
-        else:
-            mv = client.get_model_version(name, str(version))
-    except MlflowException as exc:
-        wanted = f"alias '{alias}'" if alias else f"version {version}"
-        raise NotRegisteredError(
-            f"registered model '{name}' has no {wanted} ({exc.message})"
-        ) from exc
-    return str(mv.version), mv.run_id  # MLflow 3 returns int versions; TorchServe strings
-
-
 def package(
     version: str | None = None,
     alias: str | None = None,
     run_id: str | None = None,
     export_dir: Path | None = None,
-    mlflow: tracking.MlflowSettings | None = None,
+    mlflow: registry.MlflowSettings | None = None,
     force: bool = False,
 ) -> tuple[str, Path]:
     """Build (or reuse, when its identity is the same) the archive of one version of
@@ -172,9 +136,11 @@ def package(
     if export_dir is not None:
         version = version or "1"
         return version, build_mar(Path(export_dir), version, store)
-    mlflow = mlflow or tracking.MlflowSettings.from_config()
-    client = MlflowClient(tracking.resolve_tracking_uri(mlflow.tracking_uri))
-    version, run_id = resolve_version(client, mlflow.registered_model, version, alias, run_id)
+    mlflow = mlflow or registry.MlflowSettings.from_config()
+    client = MlflowClient(registry.resolve_tracking_uri(mlflow.tracking_uri))
+    version, run_id = registry.resolve_version(
+        client, mlflow.registered_model, version, alias, run_id
+    )
     key = Identity(mlflow.registered_model, version, run_id, "").key
     target = store / settings.mar_name(version, key)
     if target.exists() and not force:
@@ -184,45 +150,11 @@ def package(
         return version, build_mar(Path(folder), version, store, mlflow.registered_model, run_id)
 
 
-def add_version_arguments(parser: argparse.ArgumentParser) -> None:
-    """--model-version / --alias / --run-id, --config and --tracking-uri, shared by package and
-    deploy."""
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--model-version", help="registered version N, or 'latest'")
-    which.add_argument("--alias", help="a registry alias, e.g. champion")
-    which.add_argument("--run-id", help="the MLflow run that registered the version")
-    add_store_arguments(parser)
-
-
-def add_store_arguments(parser: argparse.ArgumentParser) -> None:
-    """--config and --tracking-uri: which registry (for package, deploy and rollback)."""
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=tracking.FIT_CONFIG,
-        help="the fit config whose mlflow section names the registered model and the store "
-        "(default: configs/fit.yaml)",
-    )
-    parser.add_argument(
-        "--tracking-uri",
-        help="default: the config's mlflow.tracking_uri, else $MLFLOW_TRACKING_URI, else the "
-        "home store",
-    )
-
-
-def mlflow_settings(args: argparse.Namespace) -> tracking.MlflowSettings:
-    """The config's mlflow section with --tracking-uri on top."""
-    found = tracking.MlflowSettings.from_config(args.config)
-    if args.tracking_uri:
-        found.tracking_uri = args.tracking_uri
-    return found
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m catsdogs_pl.serving.package", description=__doc__
     )
-    add_version_arguments(parser)
+    registry.add_version_arguments(parser)
     parser.add_argument("--export-dir", type=Path, help="a local servable export folder instead")
     parser.add_argument("--force", action="store_true", help="rebuild an existing archive")
     args = parser.parse_args(argv)
@@ -231,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         args.alias,
         args.run_id,
         args.export_dir,
-        None if args.export_dir else mlflow_settings(args),
+        None if args.export_dir else registry.mlflow_settings(args),
         args.force,
     )
     print(f"version {version}: {path}")

@@ -12,19 +12,15 @@ only when that version has READY workers (TorchServe's /ping is healthy long bef
 from __future__ import annotations
 
 import argparse
-import http.server
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
-import urllib.parse
-from collections.abc import Callable
 from pathlib import Path
 
-from catsdogs_pl import errors, settings
+from catsdogs_pl import errors, prometheus, settings
 from catsdogs_pl.serving import torchserve as ts
 
 METRICS_CONFIG = settings.ROOT / "configs" / "torchserve" / "metrics.yaml"
@@ -136,31 +132,6 @@ def worker_metrics() -> str:
     return "\n".join(lines) + "\n"
 
 
-def serve_metrics(kind: str, produce: Callable[[], str]) -> http.server.ThreadingHTTPServer:
-    """Publish `produce()` (Prometheus text, made at each scrape) at /metrics of `kind`'s address
-    (config.properties) in a thread."""
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path != "/metrics":
-                self.send_error(404, "only /metrics is served here")
-                return
-            body = produce().encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:  # a line per scrape is noise
-            pass
-
-    url = urllib.parse.urlsplit(settings.address(kind, bind=True))
-    server = http.server.ThreadingHTTPServer((url.hostname, url.port), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
 def run() -> int:
     """TorchServe in the foreground (the container's command), serving the last deployed version
     again after a restart, with worker metrics beside it; SIGTERM and SIGINT stop it cleanly.
@@ -172,7 +143,7 @@ def run() -> int:
         mar = None
     cmd, env, home = _prepare(mar)
     server = subprocess.Popen([*cmd, "--foreground"], cwd=home, env=env)
-    serve_metrics("worker_metrics", worker_metrics)
+    prometheus.expose("worker_metrics", worker_metrics)
 
     def forward(signum: int, frame: object) -> None:
         subprocess.run([_torchserve(), "--stop"], cwd=home, check=False)

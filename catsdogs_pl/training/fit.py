@@ -27,10 +27,10 @@ from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
+from catsdogs_pl import registry
 from catsdogs_pl.data.datamodule import CatsDogsDataModule
 from catsdogs_pl.errors import ConfigError, MissingError
 from catsdogs_pl.models.classifier import MONITOR, CatsDogsClassifier
-from catsdogs_pl.training import tracking
 from catsdogs_pl.training.publish import FitSummary, publish
 
 RUN_CONFIG = "catsdogs_run_config"  # the checkpoint's record of what its run was trained with
@@ -113,7 +113,7 @@ class FitCLI(LightningCLI):
     """LightningCLI with MLflow, checkpointing and resume wired in."""
 
     def add_arguments_to_parser(self, parser: Any) -> None:
-        parser.add_class_arguments(tracking.MlflowSettings, "mlflow")
+        parser.add_class_arguments(registry.MlflowSettings, "mlflow")
         parser.add_argument("--checkpoint_dir", type=str, default="checkpoints")
         parser.add_argument("--early_stopping_patience", type=int, default=5)
         parser.add_argument(
@@ -129,8 +129,8 @@ class FitCLI(LightningCLI):
                 "--data.source) to an archive or class folders, e.g. after "
                 "`python -m catsdogs_pl.data download --dest data`"
             )
-        self.tracking_uri = tracking.resolve_tracking_uri(self.config.mlflow.tracking_uri)
-        tracking.check_reachable(self.tracking_uri)
+        self.tracking_uri = registry.resolve_tracking_uri(self.config.mlflow.tracking_uri)
+        registry.check_reachable(self.tracking_uri)
         # after LightningCLI's own instantiators, so the module and DataModule keep theirs
         self.parser.add_instantiator(_build_network, nn.Module)
 
@@ -138,7 +138,7 @@ class FitCLI(LightningCLI):
         """What a checkpoint's run must have been trained with to be resumed here: the same MLflow
         experiment and registered model, network and prepared dataset (epochs, batch size and
         the rest may change)."""
-        settings: tracking.MlflowSettings = self.config_init.mlflow
+        settings: registry.MlflowSettings = self.config_init.mlflow
         return {
             "mlflow.experiment": settings.experiment,
             "mlflow.registered_model": settings.registered_model,
@@ -148,7 +148,7 @@ class FitCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         cfg = self.config_init
-        settings: tracking.MlflowSettings = cfg.mlflow
+        settings: registry.MlflowSettings = cfg.mlflow
         checkpoint_dir = Path(cfg.checkpoint_dir)
         run_id = None
         run_config = self.run_config()
@@ -163,7 +163,7 @@ class FitCLI(LightningCLI):
             tracking_uri=self.tracking_uri,
             run_id=run_id,
             log_model=False,
-            artifact_location=tracking.artifact_location(self.tracking_uri),
+            artifact_location=registry.artifact_location(self.tracking_uri),
         )
         callbacks = [
             ModelCheckpoint(
@@ -201,7 +201,7 @@ def main(args: list[str] | None = None) -> FitSummary | None:
             run_id = trainer.logger.run_id
             client = trainer.logger.experiment
             client.log_text(run_id, cli.parser.dump(cli.config, skip_none=False), "config.yaml")
-            for key, value in tracking.environment_tags().items():
+            for key, value in registry.environment_tags().items():
                 client.set_tag(run_id, key, value)
         trainer.logger.log_hyperparams({"net": net_params(model.net)})
         trainer.fit(model, datamodule=dm, ckpt_path=cli.resume_path)

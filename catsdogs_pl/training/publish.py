@@ -19,6 +19,7 @@ import torch
 from mlflow import MlflowClient
 from mlflow.models.model import ModelInfo
 
+from catsdogs_pl import registry
 from catsdogs_pl.data.datamodule import CatsDogsDataModule
 from catsdogs_pl.models.classifier import (
     TEST_ACC,
@@ -28,7 +29,7 @@ from catsdogs_pl.models.classifier import (
     CatsDogsClassifier,
 )
 from catsdogs_pl.monitoring import reference
-from catsdogs_pl.training import export, plots, tracking
+from catsdogs_pl.training import export, plots
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,7 @@ def register(
     data = dm.summary
     tags = {
         "dataset_version": data["dataset_version"],
-        "git_commit": tracking.git_commit(),
+        "git_commit": registry.git_commit(),
         TEST_ACC: f"{metrics[TEST_ACC]:.6f}",
     }
     description = (
@@ -156,10 +157,10 @@ def register(
         f"({data['splits']['test']['total']} test images); servable export in "
         f"runs:/{run_id}/servable"
     )
-    version = tracking.register(
+    version = registry.register(
         client, registered_model, info.model_uri, run_id, tags, description, info.model_id
     )
-    moved, reason = tracking.update_champion(client, registered_model, version, TEST_ACC)
+    moved, reason = registry.update_champion(client, registered_model, version, TEST_ACC)
     return str(version.version), moved, reason
 
 
@@ -167,7 +168,7 @@ def publish(
     trainer: L.Trainer,
     model: CatsDogsClassifier,
     dm: CatsDogsDataModule,
-    settings: tracking.MlflowSettings,
+    settings: registry.MlflowSettings,
     tracking_uri: str,
 ) -> FitSummary:
     """Every step above for the tested best checkpoint of `trainer`'s run."""

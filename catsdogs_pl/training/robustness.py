@@ -30,12 +30,11 @@ import yaml
 from mlflow import MlflowClient
 from PIL import Image, ImageEnhance, ImageOps
 
-from catsdogs_pl import preprocessing
+from catsdogs_pl import preprocessing, registry
 from catsdogs_pl.data import sources
 from catsdogs_pl.data.prepare import read_manifest
 from catsdogs_pl.errors import ConfigError, MissingError, run
-from catsdogs_pl.serving.package import add_version_arguments, mlflow_settings, resolve_version
-from catsdogs_pl.training import export, tracking
+from catsdogs_pl.training import export
 
 PARAM = "data/dataset_version"
 ARTIFACT = "robustness/table.json"
@@ -257,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m catsdogs_pl.training.robustness", description=__doc__
     )
-    add_version_arguments(parser)
+    registry.add_version_arguments(parser)
     parser.add_argument(
         "--data-dir", type=Path, help="the prepared data (default: the config's data.data_dir)"
     )
@@ -276,11 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit {args.limit}: use a positive number of photos")
-    store = mlflow_settings(args)
+    store = registry.mlflow_settings(args)
     data_dir = args.data_dir or data_dir_of(args.config)
     summary = read_prepared(data_dir)
-    client = tracking.client(store)
-    version, run_id = resolve_version(
+    client = registry.client(store)
+    version, run_id = registry.resolve_version(
         client, store.registered_model, args.model_version, args.alias, args.run_id
     )
     check_dataset_version(client, run_id, summary)

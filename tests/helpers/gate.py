@@ -11,9 +11,9 @@ import torch
 from mlflow import MlflowClient
 from PIL import Image
 
-from catsdogs_pl import preprocessing, settings
+from catsdogs_pl import preprocessing, registry, settings
 from catsdogs_pl.models.cnn import BaselineCNN
-from catsdogs_pl.training import export, tracking
+from catsdogs_pl.training import export
 from tests.helpers.serving import ARCH, SIZE
 
 CLASSES = ["cat", "dog"]
@@ -62,14 +62,14 @@ def brightness_net(dog_when_bright: bool = True) -> BaselineCNN:
 def register_versions(home: Path, nets: list[BaselineCNN]) -> list[str]:
     """Each network as a new registry version of catsdogs, as SessionTorchServe.start registers
     versions 1 and 2: its export as the run's `servable` artifacts."""
-    client = MlflowClient(tracking.resolve_tracking_uri())
+    client = MlflowClient(registry.resolve_tracking_uri())
     experiment = client.get_experiment_by_name("it").experiment_id
     versions = []
     for i, net in enumerate(nets):
         run = client.create_run(experiment)
         folder = export.export(net, preprocessing.describe(SIZE, CLASSES), home / f"gate-export{i}")
         client.log_artifacts(run.info.run_id, str(folder), "servable")
-        registered = tracking.register(
+        registered = registry.register(
             client, settings.MODEL_NAME, "servable", run.info.run_id, {}, "gate test"
         )
         versions.append(str(registered.version))
@@ -79,7 +79,7 @@ def register_versions(home: Path, nets: list[BaselineCNN]) -> list[str]:
 def delete_versions(versions: list[str]) -> None:
     """Registry versions and their archives gone: a later registration under the same number
     must not find a stale archive in the model store."""
-    client = MlflowClient(tracking.resolve_tracking_uri())
+    client = MlflowClient(registry.resolve_tracking_uri())
     for version in versions:
         client.delete_model_version(settings.MODEL_NAME, version)
         for mar in settings.model_store().glob(settings.mar_name(version, "*")):

@@ -18,11 +18,11 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
-from catsdogs_pl import preprocessing, settings
+from catsdogs_pl import preprocessing, registry, settings
 from catsdogs_pl.models.cnn import BaselineCNN
 from catsdogs_pl.serving import deploy, package, serve
 from catsdogs_pl.serving import torchserve as ts
-from catsdogs_pl.training import export, tracking
+from catsdogs_pl.training import export
 from tests.helpers.ports import torchserve_ports
 
 SIZE = 32
@@ -100,7 +100,7 @@ def register_exports(uri: str, folder: Path, seeds: list[int]) -> list[ModelVers
         client.log_artifacts(run_id, str(make_export(folder / f"export{seed}", seed)), "servable")
         tags = {"dataset_version": "d", "test/acc": "0.5"}
         registered.append(
-            tracking.register(client, settings.MODEL_NAME, "servable", run_id, tags, "it")
+            registry.register(client, settings.MODEL_NAME, "servable", run_id, tags, "it")
         )
     return registered
 
@@ -184,7 +184,7 @@ class SessionTorchServe:
     def start(self) -> None:
         """Registry versions 1 and 2, and TorchServe started serving nothing."""
         registered = register_exports(
-            tracking.resolve_tracking_uri(), self.home, [int(v) for v in self.VERSIONS]
+            registry.resolve_tracking_uri(), self.home, [int(v) for v in self.VERSIONS]
         )
         assert [v.version for v in registered] == [int(v) for v in self.VERSIONS]
         serve.start()

@@ -1,4 +1,5 @@
-"""MLflow plumbing: where the tracking store is, run metadata, and the Model Registry rules.
+"""The MLflow store and Model Registry: where the tracking store is, run metadata, which version
+is which (resolve_version) and the registry rules. Below training and serving: both use it.
 
 One place decides the tracking URI for every command (`fit`, `package`, `deploy`, ...):
 `--mlflow.tracking_uri`, else `$MLFLOW_TRACKING_URI`, else an embedded SQLite store in the state
@@ -8,6 +9,7 @@ the same store from any working directory.
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import subprocess
@@ -24,7 +26,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from catsdogs_pl import settings
-from catsdogs_pl.errors import ConfigError, MissingError, UnreachableError
+from catsdogs_pl.errors import CatsDogsError, ConfigError, MissingError, UnreachableError
 
 CHAMPION = "champion"
 
@@ -163,3 +165,72 @@ def update_champion(
         client.set_registered_model_alias(name, CHAMPION, version.version)
         return True, f"{metric} {new:.4f} >= champion v{current.version}'s {old:.4f}"
     return False, f"{metric} {new:.4f} < champion v{current.version}'s {old:.4f}: alias kept"
+
+
+class NotRegisteredError(CatsDogsError, LookupError):
+    """The registry has no such version, alias or run."""
+
+
+def resolve_version(
+    client: MlflowClient,
+    name: str,
+    version: str | None = None,
+    alias: str | None = None,
+    run_id: str | None = None,
+) -> tuple[str, str]:
+    """(registered version, run id) from exactly one of version ("latest": the newest), alias or
+    run id."""
+    try:
+        if alias:
+            mv = client.get_model_version_by_alias(name, alias)
+        elif run_id or version == "latest":
+            query = f"name='{name}'" + (f" and run_id='{run_id}'" if run_id else "")
+            found = client.search_model_versions(query)
+            if not found:
+                where = f"run {run_id} has" if run_id else "the registry has"
+                raise NotRegisteredError(
+                    f"{where} no registered version of '{name}': run fit first"
+                )
+            mv = max(found, key=lambda v: int(v.version))
+        else:
+            mv = client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        wanted = f"alias '{alias}'" if alias else f"version {version}"
+        raise NotRegisteredError(
+            f"registered model '{name}' has no {wanted} ({exc.message})"
+        ) from exc
+    return str(mv.version), mv.run_id  # MLflow 3 returns int versions; TorchServe strings
+
+
+def add_version_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model-version / --alias / --run-id, --config and --tracking-uri, shared by package and
+    deploy."""
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model-version", help="registered version N, or 'latest'")
+    which.add_argument("--alias", help="a registry alias, e.g. champion")
+    which.add_argument("--run-id", help="the MLflow run that registered the version")
+    add_store_arguments(parser)
+
+
+def add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    """--config and --tracking-uri: which registry (for package, deploy and rollback)."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=FIT_CONFIG,
+        help="the fit config whose mlflow section names the registered model and the store "
+        "(default: configs/fit.yaml)",
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        help="default: the config's mlflow.tracking_uri, else $MLFLOW_TRACKING_URI, else the "
+        "home store",
+    )
+
+
+def mlflow_settings(args: argparse.Namespace) -> MlflowSettings:
+    """The config's mlflow section with --tracking-uri on top."""
+    found = MlflowSettings.from_config(args.config)
+    if args.tracking_uri:
+        found.tracking_uri = args.tracking_uri
+    return found
