@@ -47,7 +47,7 @@ demo: venv
 	CATSDOGS_HOME=$(CURDIR)/.demo $(PY) -m catsdogs_pl.demo $(if $(SEED),--seed $(SEED))
 
 prepare: venv
-	$(PY) -m catsdogs_pl.data prepare --source $(SOURCE) --out data/prepared
+	$(PY) -m catsdogs_pl.data prepare --source $(SOURCE)
 
 bench: venv
 	$(PY) bench/data_prep.py

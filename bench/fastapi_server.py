@@ -19,28 +19,26 @@ import torch
 import uvicorn
 from fastapi import FastAPI, HTTPException, UploadFile
 
-from catsdogs_pl import preprocessing
-from catsdogs_pl.training import export
+from catsdogs_pl import preprocessing, servable
 
 
 def create_app(export_dir: Path) -> FastAPI:
     """The app answering with the export in `export_dir`."""
-    net, pre = export.load(export_dir)
-    limits = {"min_side": pre["min_side"], "max_pixels": pre["max_pixels"]}
+    net, pre = servable.load(export_dir)
     app = FastAPI()
 
     @app.post("/predict")
     async def predict(file: UploadFile):  # no return annotation: FastAPI would validate it
         try:
-            image = preprocessing.load_rgb(await file.read(), pre["image_size"], **limits)
+            image = preprocessing.load_rgb(await file.read(), pre.image_size, **pre.limits)
         except preprocessing.BadImage as exc:
             raise HTTPException(400, str(exc)) from exc
         batch = torch.from_numpy(np.stack([image])).permute(0, 3, 1, 2)  # stack: writable copy
-        x = preprocessing.normalize(batch, pre["mean"], pre["std"])
+        x = preprocessing.normalize(batch, pre.mean, pre.std)
         with torch.inference_mode():
             probs = net(x).softmax(-1)[0].tolist()
-        label = pre["classes"][probs.index(max(probs))]
-        return {"label": label, "probabilities": dict(zip(pre["classes"], probs, strict=True))}
+        label = pre.classes[probs.index(max(probs))]
+        return {"label": label, "probabilities": dict(zip(pre.classes, probs, strict=True))}
 
     return app
 

@@ -34,18 +34,18 @@ import yaml
 from serve import load_handler, photos  # bench/serve.py: the handler as a worker gets it
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
-from catsdogs_pl import preprocessing, settings
+from catsdogs_pl import config as fit_config
+from catsdogs_pl import preprocessing, servable, settings
 from catsdogs_pl.models.cnn import BaselineCNN
 from catsdogs_pl.serving import package, serve
-from catsdogs_pl.training import export
 
 
 def random_export(folder: Path) -> Path:
     """configs/fit.yaml's network and image size, random weights."""
-    fit = yaml.safe_load((settings.ROOT / "configs" / "fit.yaml").read_text())
+    fit = fit_config.load(fit_config.FIT)
     net = BaselineCNN(**fit["model"]["net"]["init_args"])
     size = fit["data"]["settings"]["image_size"]
-    return export.export(net, preprocessing.describe(size, ["cat", "dog"]), folder)
+    return servable.export(net, preprocessing.spec(size, ["cat", "dog"]), folder)
 
 
 def worker_context(config: dict[str, Any]) -> SimpleNamespace:
@@ -133,12 +133,12 @@ def main() -> None:
         tmp = Path(name)
         export_dir = args.export_dir or random_export(tmp / "export")
         model_dir = package.stage(export_dir, tmp / "model")
-        pre = export.load(export_dir)[1]
-        images = photos(archive, tmp / "photos", pre["image_size"])
+        pre = servable.load(export_dir)[1]
+        images = photos(archive, tmp / "photos", pre.image_size)
         torch.set_num_threads(shipped["handler"]["torch_threads"])
         result = {
             "photos": len(images),
-            "image_size": pre["image_size"],
+            "image_size": pre.image_size,
             "batch_size": shipped["batchSize"],
             "torch_threads": shipped["handler"]["torch_threads"],
         }

@@ -46,11 +46,10 @@ import numpy as np
 import yaml
 from mlflow import MlflowClient
 
-from catsdogs_pl import preprocessing, registry, settings
+from catsdogs_pl import preprocessing, registry, servable, settings
 from catsdogs_pl.data import sources
 from catsdogs_pl.serving import package, serve
 from catsdogs_pl.serving import torchserve as ts
-from catsdogs_pl.training import export
 
 WARMUP_S = 2.0
 MIN_PHOTO_BYTES = 5_000  # thumbnails and stubs are not the photos users send
@@ -69,7 +68,7 @@ EXTRAS = ("fastapi", "uvicorn", "python_multipart")
 T = TypeVar("T")
 
 
-def servable(args: argparse.Namespace, tmp: Path) -> Path:
+def export_folder(args: argparse.Namespace, tmp: Path) -> Path:
     """The export folder to serve: given, or `servable/` of the registry version's run."""
     if args.export_dir:
         return args.export_dir
@@ -171,7 +170,7 @@ def load_handler(model_dir: Path, config: dict[str, Any]) -> Any:
     """The handler as a TorchServe worker gets it: imported from the staged folder, initialized."""
     context = SimpleNamespace(
         system_properties={"model_dir": str(model_dir)},
-        manifest={"model": {"modelVersion": "1", "serializedFile": export.WEIGHTS}},
+        manifest={"model": {"modelVersion": "1", "serializedFile": servable.WEIGHTS}},
         model_yaml_config=config,
     )
     sys.path.insert(0, str(model_dir))  # as in a worker, also while initialize() imports
@@ -296,9 +295,11 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="catsdogs-bench-serve-") as name:
         tmp = Path(name)
-        export_dir = servable(args, tmp / "servable")  # before CATSDOGS_HOME moves the home store
-        pre = export.load(export_dir)[1]
-        images = photos(archive, tmp / "photos", pre["image_size"])
+        export_dir = export_folder(
+            args, tmp / "servable"
+        )  # before CATSDOGS_HOME moves the home store
+        pre = servable.load(export_dir)[1]
+        images = photos(archive, tmp / "photos", pre.image_size)
         # TMPDIR: `torchserve --start/--stop` keep their PID file there, so --stop stops ours
         os.environ.update(TS_ENV, CATSDOGS_HOME=str(tmp / "home"), TMPDIR=str(tmp))
         config = model_config(

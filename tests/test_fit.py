@@ -16,14 +16,14 @@ import torch
 from lightning.pytorch import Callback
 from mlflow import MlflowClient
 
-from catsdogs_pl import errors, registry
+from catsdogs_pl import errors, registry, servable
+from catsdogs_pl.contracts import Reference, Summary
 from catsdogs_pl.errors import ConfigError, MissingError
 from catsdogs_pl.fit import main
 from catsdogs_pl.models.classifier import TEST_ACC, VAL_ACC
 from catsdogs_pl.monitoring import reference
 from catsdogs_pl.registry import MlflowSettings
 from catsdogs_pl.serving import package
-from catsdogs_pl.training import export
 from catsdogs_pl.training.fit import RUN_CONFIG, find_last_checkpoint
 from tests.helpers.serving import environment
 
@@ -75,7 +75,7 @@ def test_demo_fit_logs_registers_and_exports(fit_args: list[str], tmp_path: Path
     assert run.data.tags["torch"] == torch.__version__ and "git_commit" in run.data.tags
     assert len(client.get_metric_history(run.info.run_id, VAL_ACC)) == 2  # one per epoch
     found = artifacts(client, run.info.run_id)
-    expected = {"config.yaml", "data/summary.json"} | {f"servable/{f}" for f in export.FILES}
+    expected = {"config.yaml", "data/summary.json"} | {f"servable/{f}" for f in servable.FILES}
     expected |= {f"plots/{p}.png" for p in ("learning_curves", "confusion_matrix", "roc_curve")}
     expected |= {"plots/confident_mistakes.png"}
     assert expected <= found
@@ -89,16 +89,16 @@ def test_demo_fit_logs_registers_and_exports(fit_args: list[str], tmp_path: Path
     assert summary.champion_moved is True
 
     local = Path(client.download_artifacts(run.info.run_id, "servable", str(tmp_path / "dl")))
-    net, pre = export.load(local)
-    assert pre["classes"] == ["cat", "dog"] and pre["image_size"] == 32
+    net, pre = servable.load(local)
+    assert pre.classes == ("cat", "dog") and pre.image_size == 32
     assert net(torch.zeros(3, 3, 32, 32)).shape == (3, 2)
 
     # the monitoring reference: the validation split, in the run and in the archive alike
-    logged = json.loads((local / export.REFERENCE).read_text())
-    prepared = json.loads((tmp_path / "prepared" / "summary.json").read_text())
-    assert logged["images"] == prepared["splits"]["val"]["total"] > 0
-    assert 0 <= logged["ece"] <= 1 and 0 <= logged["accuracy"] <= 1
-    assert run.data.metrics["val/ece"] == pytest.approx(logged["ece"])
+    logged = Reference.read(local)
+    prepared = Summary.read(tmp_path / "prepared")
+    assert logged.images == prepared.splits["val"]["total"] > 0
+    assert 0 <= logged.ece <= 1 and 0 <= logged.accuracy <= 1
+    assert run.data.metrics["val/ece"] == pytest.approx(logged.ece)
     with environment({"CATSDOGS_HOME": str(tmp_path / "home")}):
         uri = MlflowSettings(tracking_uri=summary.tracking_uri)
         _, mar = package.package(summary.version, mlflow=uri)

@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from catsdogs_pl import preprocessing
+from catsdogs_pl import preprocessing, servable
 from catsdogs_pl.data.datamodule import CatsDogsDataModule
 from catsdogs_pl.data.prepare import Settings
 from catsdogs_pl.serving import package
-from catsdogs_pl.training import export
 from tests.helpers.images import image_bytes, make_class_folders, png_claiming
 from tests.helpers.serving import SIZE, FakeContext, load_handler, make_export
 
@@ -140,12 +139,10 @@ def test_parity_with_training_evaluation(tmp_path: Path, model_dir: Path) -> Non
     handler = load_handler(model_dir, context)
     decoded = [handler.decode({"body": (src / rel).read_bytes()})[0] for rel in val_files]
     batch = torch.from_numpy(np.stack(decoded)).permute(0, 3, 1, 2)
-    serve_side = preprocessing.normalize(
-        batch, tuple(handler.pre["mean"]), tuple(handler.pre["std"])
-    )
+    serve_side = preprocessing.normalize(batch, tuple(handler.pre.mean), tuple(handler.pre.std))
     assert torch.equal(serve_side, train_side)
 
-    net, _ = export.load(model_dir)
+    net, _ = servable.load(model_dir)
     with torch.inference_mode():
         expected = net(train_side).softmax(-1)
     assert torch.allclose(handler.predict(decoded), expected)

@@ -5,7 +5,6 @@ and never ends the loop; without an archive the reference comes from the registr
 from __future__ import annotations
 
 import io
-import json
 import zipfile
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 from mlflow import MlflowClient
 
 from catsdogs_pl import registry, settings
+from catsdogs_pl.contracts import Reference
 from catsdogs_pl.monitoring import drift, monitor, reference, stats
 
 VERSION = "3"
@@ -26,30 +26,30 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "home"
 
 
-def _reference(n: int = 300) -> dict:
+def _reference(n: int = 300) -> Reference:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
     probs = np.stack([p := rng.uniform(0.5, 1, n), 1 - p], 1)
     return reference.build(images, np.full((n, 2), 400), probs, np.zeros(n, int), ["cat", "dog"])
 
 
-def _archive(ref: dict) -> bytes:
+def _archive(ref: Reference) -> bytes:
     """What the monitor reads of a `.mar`: a zip with reference.json (and the weights, so that
     half of it is no zip)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as mar:
         mar.writestr("weights.pt", np.random.default_rng(1).bytes(20_000))
-        mar.writestr(reference.FILE, json.dumps(ref))
+        mar.writestr(Reference.FILE, ref.to_json())
     return buf.getvalue()
 
 
-def _window(version: str, ref: dict) -> monitor.Window:
+def _window(version: str, ref: Reference) -> monitor.Window:
     """A scrape in which `version` served images distributed as in `ref`."""
     window = monitor.Window()
-    for name, counts in ref["counts"].items():
+    for name, counts in ref.counts.items():
         for le, total in zip(stats.le_labels(name), np.cumsum(counts), strict=True):
             window.buckets[(version, name, le)] = float(total)
-    window.predicted.update({(version, k): float(n) for k, n in ref["predicted"].items()})
+    window.predicted.update({(version, k): float(n) for k, n in ref.predicted.items()})
     return window
 
 
@@ -68,7 +68,7 @@ def test_an_unreadable_archive_skips_its_version_for_one_round(
     rounds = monitor.Monitor(None, 0)
 
     (skipped,) = rounds.run_once()
-    assert skipped.version == VERSION and skipped.images == ref["images"] and not skipped.psi
+    assert skipped.version == VERSION and skipped.images == ref.images and not skipped.psi
     assert skipped.note.startswith(f"skipped this round: the archive of v{VERSION}")
     error = "FileNotFoundError" if fault == "gone" else "BadZipFile"
     assert f"is unreadable ({error}" in skipped.note
@@ -100,7 +100,7 @@ def test_without_an_archive_the_reference_comes_from_the_registry(home: Path) ->
     ref = _reference()
     client = MlflowClient(registry.resolve_tracking_uri())
     experiment = client.create_experiment("monitor", artifact_location=str(home / "artifacts"))
-    with_reference = _register(client, experiment, {reference.FILE: json.dumps(ref)})
+    with_reference = _register(client, experiment, {Reference.FILE: ref.to_json()})
     without = _register(client, experiment, {"architecture.json": "{}"})
     window = _window(with_reference, ref)
     for other in (without, "5"):  # "5": not registered

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from catsdogs_pl.contracts import Reference
 from catsdogs_pl.data.datamodule import CatsDogsDataModule
 from catsdogs_pl.data.prepare import Settings, read_manifest
 from catsdogs_pl.monitoring import drift, reference, stats
@@ -81,10 +82,10 @@ def test_handler_statistics_equal_the_fit_reference(tmp_path: Path) -> None:
             d = dict(dims)
             flushed.setdefault(d["statistic"], {})[d["le"]] = value
     assert set(flushed) == set(stats.EDGES)
-    for statistic, counts in expected["counts"].items():
+    for statistic, counts in expected.counts.items():
         cumulative = np.cumsum(counts).tolist()
         assert flushed[statistic] == dict(zip(stats.le_labels(statistic), cumulative, strict=True))
-    assert expected["images"] == len(photos) == flushed["confidence"]["+Inf"]
+    assert expected.images == len(photos) == flushed["confidence"]["+Inf"]
 
 
 def test_reference_measures_calibration() -> None:
@@ -96,21 +97,21 @@ def test_reference_measures_calibration() -> None:
     images = np.zeros((n, 8, 8, 3), np.uint8)
     sizes = np.full((n, 2), 100)
     ref = reference.build(images, sizes, overconfident, labels, ["cat", "dog"])
-    assert ref["accuracy"] == pytest.approx(0.7, abs=0.03)
-    assert ref["ece"] == pytest.approx(0.29, abs=0.03)
-    assert ref["calibration"]["images"][-1] == n  # every prediction in the top bucket
+    assert ref.accuracy == pytest.approx(0.7, abs=0.03)
+    assert ref.ece == pytest.approx(0.29, abs=0.03)
+    assert ref.calibration["images"][-1] == n  # every prediction in the top bucket
     conf = 0.5 + 0.49 * rng.random(n)  # calibrated: right with the probability it says
     right = rng.random(n) < conf
     calibrated = np.stack([conf, 1 - conf], 1)
     calibrated_labels = np.where(right, 0, 1)
     good = reference.build(images, sizes, calibrated, calibrated_labels, ["cat", "dog"])
-    assert good["ece"] < 0.05
-    assert drift.estimated_accuracy(good, good["counts"]["confidence"]) == pytest.approx(
-        good["accuracy"], abs=0.02
+    assert good.ece < 0.05
+    assert drift.estimated_accuracy(good, good.counts["confidence"]) == pytest.approx(
+        good.accuracy, abs=0.02
     )
 
 
-def _reference(rng: np.random.Generator, n: int = 2000) -> dict:
+def _reference(rng: np.random.Generator, n: int = 2000) -> Reference:
     images = rng.normal(128, 20, (n, 1, 1, 1)).clip(0, 255) * np.ones((1, 8, 8, 3))
     images = (images + rng.normal(0, 30, images.shape)).clip(0, 255).astype(np.uint8)
     probs = np.stack([p := rng.uniform(0.5, 1, n), 1 - p], 1)
@@ -121,8 +122,8 @@ def test_psi_and_verdicts() -> None:
     rng = np.random.default_rng(2)
     ref = _reference(rng)
     same = _reference(np.random.default_rng(3), 400)
-    moved = {**same["counts"], "brightness": ref["counts"]["brightness"][::-1]}
-    calm = drift.compare("3", ref, same["counts"], {"cat": 300, "dog": 100})
+    moved = {**same.counts, "brightness": ref.counts["brightness"][::-1]}
+    calm = drift.compare("3", ref, same.counts, {"cat": 300, "dog": 100})
     assert max(calm.psi.values()) < drift.PSI_MODERATE and calm.judged and not calm.drifted
     shifted = drift.compare("3", ref, moved, {"cat": 300})
     assert shifted.drifted == ["brightness"] and shifted.psi["brightness"] > drift.PSI_DRIFT
@@ -130,16 +131,16 @@ def test_psi_and_verdicts() -> None:
     assert "INPUT DRIFT in brightness" in text and "verdict: no drift" in text
     gauges = drift.gauges([shifted], 1.0)
     assert 'catsdogs_drift_psi{statistic="brightness",model_version="3"}' in gauges
-    few = drift.compare("4", ref, _reference(rng, 50)["counts"], {})
+    few = drift.compare("4", ref, _reference(rng, 50).counts, {})
     assert not few.judged and "too few images" in drift.report([few], "test")
     assert "DRIFT" not in drift.report([few], "test")  # no verdict on noise
-    empty = drift.compare("6", ref, {k: np.zeros(len(v)) for k, v in same["counts"].items()}, {})
+    empty = drift.compare("6", ref, {k: np.zeros(len(v)) for k, v in same.counts.items()}, {})
     assert "psi" not in drift.report([empty], "test")
     assert "timestamp_seconds 1795888888\n" in drift.gauges([], 1795888888.0)
     exported = drift.gauges([few], 1.0).splitlines()
     assert 'catsdogs_monitored_images{model_version="4"} 50' in exported
     assert not any(line.startswith("catsdogs_drift_psi{") for line in exported)
-    none = drift.compare("5", None, same["counts"], {})
+    none = drift.compare("5", None, same.counts, {})
     assert "no reference.json" in drift.report([none], "test")
 
 

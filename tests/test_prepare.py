@@ -83,8 +83,8 @@ def test_cleaning_outcomes_and_source_untouched(messy: Path, tmp_path: Path) -> 
     assert all(
         r["split"] in ("train", "val", "test") for r in rows.values() if r["status"] == "kept"
     )
-    assert (summary["files"], summary["kept"], summary["rejected"]) == (49, 40, 9)
-    assert summary["by_reason"]["label_conflict"] == 3
+    assert (summary.files, summary.kept, summary.rejected) == (49, 40, 9)
+    assert summary.by_reason["label_conflict"] == 3
     # the format README.md documents (the header is written from the code's own column list)
     assert list(rows[next(iter(rows))].keys()) == README_MANIFEST_COLUMNS
 
@@ -93,7 +93,7 @@ def test_summary_preprocessing_and_cache(class_folders: Path, tmp_path: Path) ->
     out = tmp_path / "out"
     summary = prepare(class_folders, out, S, workers=1, progress=False)
     on_disk = json.loads((out / "summary.json").read_text())
-    assert on_disk["dataset_version"] == summary["dataset_version"]
+    assert on_disk["dataset_version"] == summary.dataset_version
     assert on_disk["settings"]["image_size"] == 32 and on_disk["classes"] == ["cat", "dog"]
     assert sum(s["total"] for s in on_disk["splits"].values()) == on_disk["kept"] == 20
     pre = json.loads((out / "preprocessing.json").read_text())
@@ -115,8 +115,8 @@ def test_second_run_reuses_everything(class_folders: Path, tmp_path: Path) -> No
     images, _ = cache.split_files(out, 32, "train")
     mtime = images.stat().st_mtime_ns
     second = prepare(class_folders, out, S, progress=False)
-    assert second["reused"] == {"cleaning": True, "cache": True}
-    assert second["dataset_version"] == first["dataset_version"]
+    assert second.reused == {"cleaning": True, "cache": True}
+    assert second.dataset_version == first.dataset_version
     assert images.stat().st_mtime_ns == mtime
 
 
@@ -138,10 +138,10 @@ def test_damaged_cache_file_is_detected_and_rebuilt(
         images.unlink()
     assert "does not match the checksum" in cache.check(out, prepare_version(out), 32)
     again = prepare(class_folders, out, S, progress=False)
-    assert again["reused"] == {"cleaning": True, "cache": False}
+    assert again.reused == {"cleaning": True, "cache": False}
     assert images.read_bytes() == good  # rebuilt from the source, identical
     assert "rebuilding the cache" in caplog.text and str(images) in caplog.text
-    assert cache.check(out, again["dataset_version"], 32) is None
+    assert cache.check(out, again.dataset_version, 32) is None
 
 
 def test_cache_without_checksums_is_rebuilt_once(class_folders: Path, tmp_path: Path) -> None:
@@ -151,9 +151,9 @@ def test_cache_without_checksums_is_rebuilt_once(class_folders: Path, tmp_path: 
     key = json.loads(key_path.read_text())
     del key["sha256"]  # as an older catsdogs wrote it: nothing to verify against
     key_path.write_text(json.dumps(key))
-    assert "no checksums" in cache.check(out, first["dataset_version"], 32)
-    assert prepare(class_folders, out, S, progress=False)["reused"]["cache"] is False
-    assert prepare(class_folders, out, S, progress=False)["reused"]["cache"] is True
+    assert "no checksums" in cache.check(out, first.dataset_version, 32)
+    assert prepare(class_folders, out, S, progress=False).reused["cache"] is False
+    assert prepare(class_folders, out, S, progress=False).reused["cache"] is True
 
 
 def prepare_version(out: Path) -> str:
@@ -164,7 +164,7 @@ def test_new_size_reuses_cleaning_and_rebuilds_cache(class_folders: Path, tmp_pa
     out = tmp_path / "out"
     prepare(class_folders, out, S, progress=False)
     again = prepare(class_folders, out, Settings(image_size=40), progress=False)
-    assert again["reused"] == {"cleaning": True, "cache": False}
+    assert again.reused == {"cleaning": True, "cache": False}
     images, _ = cache.split_files(out, 40, "train")
     assert np.load(images, mmap_mode="r").shape[1:] == (40, 40, 3)
 
@@ -179,8 +179,8 @@ def test_growth_moves_no_old_image(tmp_path: Path) -> None:
     new = {k: r["split"] for k, r in manifest(out).items()}
     assert len(new) == len(old) + 100
     assert {k: new[k] for k in old} == old
-    assert second["dataset_version"] != first["dataset_version"]
-    assert second["reused"]["cleaning"] is False
+    assert second.dataset_version != first.dataset_version
+    assert second.reused["cleaning"] is False
 
 
 def test_split_ignores_names_and_order(class_folders: Path, tmp_path: Path) -> None:
@@ -191,7 +191,7 @@ def test_split_ignores_names_and_order(class_folders: Path, tmp_path: Path) -> N
         shutil.copy(path, target)
     a = prepare(class_folders, tmp_path / "a", S, progress=False)
     b = prepare(renamed, tmp_path / "b", S, progress=False)
-    assert a["dataset_version"] == b["dataset_version"] and a["splits"] == b["splits"]
+    assert a.dataset_version == b.dataset_version and a.splits == b.splits
 
 
 def test_each_picture_is_kept_once_so_none_is_in_two_splits(messy: Path, tmp_path: Path) -> None:
@@ -221,7 +221,7 @@ def test_split_seed_changes_the_split(class_folders: Path, tmp_path: Path) -> No
     b = prepare(
         class_folders, tmp_path / "b", Settings(image_size=32, split_seed=1), progress=False
     )
-    assert a["dataset_version"] != b["dataset_version"]
+    assert a.dataset_version != b.dataset_version
 
 
 def test_bad_settings_are_named() -> None:

@@ -90,7 +90,8 @@ def test_normalize_matches_constants_for_chw_and_nchw() -> None:
         assert torch.allclose(t[:, 0, 0], torch.tensor(expected))
 
 
-def test_describe_is_the_single_source() -> None:
-    d = preprocessing.describe(96, ["cat", "dog"])
-    assert d["image_size"] == 96 and d["classes"] == ["cat", "dog"]
-    assert d["mean"] == list(preprocessing.MEAN) and d["std"] == list(preprocessing.STD)
+def test_spec_is_the_single_source() -> None:
+    d = preprocessing.spec(96, ["cat", "dog"], min_side=40)
+    assert d.image_size == 96 and d.classes == ("cat", "dog")
+    assert d.mean == preprocessing.MEAN and d.std == preprocessing.STD
+    assert d.limits == {"min_side": 40, "max_pixels": preprocessing.MAX_PIXELS}

@@ -17,8 +17,8 @@ from tests.helpers.shared_data import SAMPLE_DEFECTS, SAMPLE_PREFIX, sample_phot
 def test_fullsize_sample_outcomes(tmp_path: Path) -> None:
     archive = shared_file("petimages-fullsize-sample.zip")
     summary = prepare(archive, tmp_path, Settings(image_size=64), progress=False)
-    assert (summary["kept"], summary["rejected"]) == (605, 11)
-    assert summary["by_label"] == {
+    assert (summary.kept, summary.rejected) == (605, 11)
+    assert summary.by_label == {
         "cat": {"kept": 302, "rejected": 6},
         "dog": {"kept": 303, "rejected": 5},
     }
@@ -28,7 +28,7 @@ def test_fullsize_sample_outcomes(tmp_path: Path) -> None:
     assert rejected == {k: d.cleaning for k, d in SAMPLE_DEFECTS.items() if d.cleaning}
     for kept in (k for k, d in SAMPLE_DEFECTS.items() if d.cleaning is None):
         assert rows[kept]["status"] == "kept", kept
-    assert prepare(archive, tmp_path, Settings(image_size=64), progress=False)["reused"] == {
+    assert prepare(archive, tmp_path, Settings(image_size=64), progress=False).reused == {
         "cleaning": True,
         "cache": True,
     }

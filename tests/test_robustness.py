@@ -11,10 +11,10 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from catsdogs_pl import preprocessing, registry
+from catsdogs_pl import preprocessing, registry, servable
 from catsdogs_pl.data.prepare import Settings, prepare, read_manifest
 from catsdogs_pl.errors import ConfigError, MissingError, run
-from catsdogs_pl.training import export, robustness
+from catsdogs_pl.training import robustness
 from tests.helpers.images import image_bytes, make_class_folders
 from tests.helpers.serving import make_export
 
@@ -44,7 +44,7 @@ def prepared(tmp_path: Path) -> tuple[Path, dict]:
 
 def _direct_accuracy(data_dir: Path, export_dir: Path) -> float:
     """The served path written out: original bytes, load_rgb, normalize, the export's net."""
-    net, pre = export.load(export_dir)
+    net, pre = servable.load(export_dir)
     rows = [
         r
         for r in read_manifest(data_dir / "manifest.csv")
@@ -54,8 +54,8 @@ def _direct_accuracy(data_dir: Path, export_dir: Path) -> float:
     images = [preprocessing.load_rgb((root / r.relpath).read_bytes(), 32) for r in rows]
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
     with torch.inference_mode():
-        found = net(preprocessing.normalize(x, tuple(pre["mean"]), tuple(pre["std"]))).argmax(-1)
-    labels = torch.tensor([pre["classes"].index(r.label) for r in rows])
+        found = net(preprocessing.normalize(x, tuple(pre.mean), tuple(pre.std))).argmax(-1)
+    labels = torch.tensor([pre.classes.index(r.label) for r in rows])
     return float((found == labels).float().mean())
 
 
@@ -63,7 +63,7 @@ def test_scores_every_shift_and_logs_to_the_run(
     tmp_path: Path, prepared: tuple[Path, dict], capsys: pytest.CaptureFixture[str]
 ) -> None:
     data_dir, summary = prepared
-    client, run_id, config = _registered(tmp_path, summary["dataset_version"])
+    client, run_id, config = _registered(tmp_path, summary.dataset_version)
 
     argv = ["--model-version", "1", "--config", str(config), "--data-dir", str(data_dir)]
     assert robustness.main(argv) == 0
@@ -71,7 +71,7 @@ def test_scores_every_shift_and_logs_to_the_run(
     printed = capsys.readouterr().out
     print(printed)  # the table, for -s runs and the report
     result = json.loads(printed[printed.index("\n{") :])
-    assert result["photos"] == summary["splits"]["test"]["total"] > 0
+    assert result["photos"] == summary.splits["test"]["total"] > 0
     table = result["shifts"]
     assert list(table) == list(robustness.SHIFTS)
     for name, row in table.items():
@@ -95,7 +95,7 @@ def _look(
 ) -> tuple[MlflowClient, str, dict]:
     """Run the command with `extra` flags; the client, the run id and the printed result."""
     data_dir, summary = prepared
-    client, run_id, config = _registered(tmp_path, summary["dataset_version"])
+    client, run_id, config = _registered(tmp_path, summary.dataset_version)
     argv = ["--model-version", "1", "--config", str(config), "--data-dir", str(data_dir)]
     assert robustness.main([*argv, *extra]) == 0
     printed = capsys.readouterr().out
@@ -147,7 +147,7 @@ def test_another_dataset_version_is_refused_naming_both(
     with pytest.raises(ConfigError) as err:
         robustness.main(argv)
     assert "0123456789abcdef" in str(err.value)
-    assert summary["dataset_version"] in str(err.value)
+    assert summary.dataset_version in str(err.value)
     assert "robustness/none" not in client.get_run(run_id).data.metrics
 
 

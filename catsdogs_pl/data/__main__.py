@@ -7,6 +7,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from catsdogs_pl import config
 from catsdogs_pl.data import download, synthetic
 from catsdogs_pl.data.prepare import Settings, prepare, report
 from catsdogs_pl.errors import run
@@ -22,7 +23,8 @@ def _parser() -> argparse.ArgumentParser:
 
     prep = sub.add_parser("prepare", help="clean, split and cache an archive or class folders")
     prep.add_argument("--source", type=Path, required=True, help="archive or folder of classes")
-    prep.add_argument("--out", type=Path, default=Path("data/prepared"), help="output folder")
+    out = Path(config.load()["data"]["data_dir"])  # base.yaml's, where fit looks by default
+    prep.add_argument("--out", type=Path, default=out, help=f"output folder (default: {out})")
     for field in dataclasses.fields(Settings):  # the DataModule's `settings`, option for option
         option = "--" + field.name.replace("_", "-")
         prep.add_argument(option, type=type(field.default), default=field.default)

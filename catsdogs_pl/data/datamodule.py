@@ -8,9 +8,8 @@ normalised with the same constants serving uses.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lightning as L
 import numpy as np
@@ -19,11 +18,14 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from catsdogs_pl import preprocessing
+from catsdogs_pl.contracts import Contract, Preprocessing, Summary
 from catsdogs_pl.data import cache, synthetic
 from catsdogs_pl.data.augment import augment_batch
 from catsdogs_pl.data.prepare import Settings, prepare, read_manifest
 from catsdogs_pl.data.split import SPLITS
 from catsdogs_pl.errors import ConfigError, MissingError
+
+C = TypeVar("C", bound=Contract)
 
 
 class CachedImages(Dataset):
@@ -53,8 +55,8 @@ class CatsDogsDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        source: str = "data/synthetic",
-        data_dir: str = "data/prepared",
+        source: str,
+        data_dir: str,  # configs/base.yaml names the default for every fit config
         settings: Settings = Settings(),
         batch_size: int = 64,
         num_workers: int = 2,
@@ -105,28 +107,28 @@ class CatsDogsDataModule(L.LightningDataModule):
             )
         prepare(self.hparams.source, self.out, self.settings, progress=False)
 
-    def _read(self, name: str) -> dict[str, Any]:
-        path = self.out / name
+    def _read(self, contract: type[C]) -> C:
+        path = self.out / contract.FILE
         if not path.exists():
             raise MissingError(
                 f"{path} is missing: call prepare_data() first (or `python -m catsdogs_pl.data "
                 f"prepare --source {self.hparams.source} --out {self.out}`)"
             )
-        return json.loads(path.read_text())
+        return contract.read(self.out)
 
     @property
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> Summary:
         """summary.json of the prepared data: counts, settings and `dataset_version`."""
-        return self._read("summary.json")
+        return self._read(Summary)
 
     @property
-    def preprocessing(self) -> dict[str, Any]:
+    def preprocessing(self) -> Preprocessing:
         """The evaluation preprocessing (size, mean, std, class order) that serving must apply."""
-        return self._read("preprocessing.json")
+        return self._read(Preprocessing)
 
     @property
     def classes(self) -> list[str]:
-        return self.preprocessing["classes"]
+        return list(self.preprocessing.classes)
 
     def original_sizes(self, split: str) -> np.ndarray:
         """(width, height) of each image of `split` as uploaded, in the cache's order (the
@@ -149,7 +151,7 @@ class CatsDogsDataModule(L.LightningDataModule):
         summary = self.summary
         # prepare_data() verified the checksums just now; here the key is enough
         size = self.settings.image_size
-        if problem := cache.check(self.out, summary["dataset_version"], size, verify=False):
+        if problem := cache.check(self.out, summary.dataset_version, size, verify=False):
             raise RuntimeError(f"{problem} (image_size={size}): call prepare_data() first")
         for split in SPLITS:
             self.datasets[split] = CachedImages(*cache.split_files(self.out, size, split))

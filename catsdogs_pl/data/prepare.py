@@ -11,17 +11,16 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 from tqdm.auto import tqdm
 
 from catsdogs_pl import preprocessing
+from catsdogs_pl.contracts import Summary
 from catsdogs_pl.data import cache, sources
 from catsdogs_pl.data.cleaning import Record, inspect, reject_conflicts_and_duplicates
 from catsdogs_pl.data.split import SPLITS, assign_split, dataset_version
@@ -118,28 +117,28 @@ def _write_manifest(path: Path, records: list[Record]) -> None:
 
 def _summarise(
     source: Path, records: list[Record], settings: Settings, fingerprint: str
-) -> dict[str, Any]:
+) -> Summary:
     kept = [r for r in records if r.status == "kept"]
     classes = sorted({r.label for r in kept})
     splits = {
         s: {c: sum(r.split == s and r.label == c for r in kept) for c in classes} for s in SPLITS
     }
-    return {
-        "dataset_version": dataset_version((r.sha256, r.label, r.split) for r in kept),
-        "source": str(source),
-        "classes": classes,
-        "files": len(records),
-        "kept": len(kept),
-        "rejected": len(records) - len(kept),
-        "by_label": {
+    return Summary(
+        dataset_version=dataset_version((r.sha256, r.label, r.split) for r in kept),
+        source=str(source),
+        classes=tuple(classes),
+        files=len(records),
+        kept=len(kept),
+        rejected=len(records) - len(kept),
+        by_label={
             label: dict(Counter(r.status for r in records if r.label == label))
             for label in sorted({r.label for r in records})
         },
-        "by_reason": dict(sorted(Counter(r.reason for r in records if r.reason).items())),
-        "splits": {s: {**counts, "total": sum(counts.values())} for s, counts in splits.items()},
-        "settings": dataclasses.asdict(settings),
-        "source_fingerprint": fingerprint,
-    }
+        by_reason=dict(sorted(Counter(r.reason for r in records if r.reason).items())),
+        splits={s: {**counts, "total": sum(counts.values())} for s, counts in splits.items()},
+        settings=dataclasses.asdict(settings),
+        source_fingerprint=fingerprint,
+    )
 
 
 def prepare(
@@ -148,7 +147,7 @@ def prepare(
     settings: Settings | None = None,
     workers: int | None = None,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> Summary:
     """Run every step that is not already done for this source and settings; return the summary."""
     settings = settings or Settings()
     source, out = Path(source), Path(out)
@@ -156,11 +155,11 @@ def prepare(
     out.mkdir(parents=True, exist_ok=True)
     root, files = sources.resolve(source, out / "extracted")
     fingerprint = _fingerprint(files, settings)
-    manifest_path, summary_path = out / "manifest.csv", out / "summary.json"
-    old = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    manifest_path = out / "manifest.csv"
+    old = _last_fingerprint(out)
     staging = out / f"staging-{settings.image_size}px.u8"
     staged = False
-    if old.get("source_fingerprint") == fingerprint and manifest_path.exists():
+    if old == fingerprint and manifest_path.exists():
         records = read_manifest(manifest_path)
     else:
         records = [Record(f.relpath, f.label) for f in files]
@@ -173,17 +172,18 @@ def prepare(
                 rec.sha256, settings.split_seed, settings.val_fraction, settings.test_fraction
             )
     summary = _summarise(source, records, settings, fingerprint)
-    if len(summary["classes"]) < 2:
+    if len(summary.classes) < 2:
         raise sources.SourceError(
-            f"{source}: after cleaning only {summary['classes']} has usable images; "
+            f"{source}: after cleaning only {list(summary.classes)} has usable images; "
             "a classifier needs at least two classes"
         )
-    problem = cache.check(out, summary["dataset_version"], settings.image_size)
+    problem = cache.check(out, summary.dataset_version, settings.image_size)
     current = not staged and problem is None
-    summary["reused"] = {"cleaning": not staged, "cache": current}
-    if problem and "checksum" in problem:  # damaged since it was written: never train on it
+    damaged = problem if problem and "checksum" in problem else None  # never train on it
+    if damaged:
         log.warning("%s: rebuilding the cache", problem)
-        summary["cache_rebuilt_because"] = problem
+    reused = {"cleaning": not staged, "cache": current}
+    summary = dataclasses.replace(summary, reused=reused, cache_rebuilt_because=damaged)
     if not current:
         if not staged:  # manifest reused, but the cache is for another size or split: decode kept
             kept = [i for i, r in enumerate(records) if r.status == "kept"]
@@ -191,36 +191,44 @@ def prepare(
         cache.build(
             out,
             records,
-            summary["classes"],
+            list(summary.classes),
             settings.image_size,
             staging,
-            summary["dataset_version"],
+            summary.dataset_version,
         )
     staging.unlink(missing_ok=True)
     _write_manifest(manifest_path, records)
-    _write_atomic(summary_path, json.dumps(summary, indent=2))
-    preproc = preprocessing.describe(settings.image_size, summary["classes"])
-    _write_atomic(out / "preprocessing.json", json.dumps(preproc, indent=2))
+    summary.write(out)
+    limits = {"min_side": settings.min_side, "max_pixels": settings.max_pixels}
+    preprocessing.spec(settings.image_size, list(summary.classes), **limits).write(out)
     return summary
 
 
-def report(summary: dict[str, Any], out: Path) -> str:
+def _last_fingerprint(out: Path) -> str | None:
+    """The source fingerprint of the last prepare into `out` (None: none, or unreadable)."""
+    try:
+        return Summary.read(out).source_fingerprint
+    except (OSError, ConfigError):
+        return None
+
+
+def report(summary: Summary, out: Path) -> str:
     """A cleaning report a person can read at the end of `prepare`."""
     lines = [
-        f"files: {summary['files']}  kept: {summary['kept']}  rejected: {summary['rejected']}",
+        f"files: {summary.files}  kept: {summary.kept}  rejected: {summary.rejected}",
         "kept by class: "
-        + ", ".join(f"{c}={v.get('kept', 0)}" for c, v in summary["by_label"].items()),
+        + ", ".join(f"{c}={v.get('kept', 0)}" for c, v in summary.by_label.items()),
     ]
-    lines += [f"  rejected, {reason}: {n}" for reason, n in summary["by_reason"].items()]
-    for split, counts in summary["splits"].items():
+    lines += [f"  rejected, {reason}: {n}" for reason, n in summary.by_reason.items()]
+    for split, counts in summary.splits.items():
         lines.append(f"{split:>5}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
-    reused = [name for name, flag in summary.get("reused", {}).items() if flag]
-    if "cache_rebuilt_because" in summary:
-        lines.append(f"cache rebuilt: {summary['cache_rebuilt_because']}")
+    reused = [name for name, flag in summary.reused.items() if flag]
+    if summary.cache_rebuilt_because:
+        lines.append(f"cache rebuilt: {summary.cache_rebuilt_because}")
     lines += [
-        f"dataset_version: {summary['dataset_version']}",
+        f"dataset_version: {summary.dataset_version}",
         f"reused from the last run: {', '.join(reused) or 'nothing'}",
         f"manifest: {out / 'manifest.csv'}  (rejected rows carry reason and detail)",
-        f"cache: {cache.cache_dir(out, summary['settings']['image_size'])}",
+        f"cache: {cache.cache_dir(out, summary.image_size)}",
     ]
     return "\n".join(lines)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from catsdogs_pl.contracts import Reference
 from catsdogs_pl.monitoring import stats
 
 PSI_DRIFT = 0.25
@@ -49,13 +50,13 @@ def psi(reference: Any, served: Any) -> float:
     return float(np.sum((actual - expected) * np.log(actual / expected)))
 
 
-def estimated_accuracy(reference: dict[str, Any], confidence_counts: Any) -> float:
+def estimated_accuracy(reference: Reference, confidence_counts: Any) -> float:
     """Σ over confidence buckets of (served share) x (validation accuracy in that bucket); where
     validation had no image, the bucket's confidence itself is taken as its accuracy."""
     counts = np.asarray(confidence_counts, dtype=np.float64)
     accuracy = [
         mid if acc is None else acc
-        for acc, mid in zip(reference["calibration"]["accuracy"], _MIDDLES, strict=True)
+        for acc, mid in zip(reference.calibration["accuracy"], _MIDDLES, strict=True)
     ]
     return float(counts @ np.asarray(accuracy) / counts.sum()) if counts.sum() else math.nan
 
@@ -112,7 +113,7 @@ def skipped(version: str, counts: dict[str, Any], reason: str) -> Comparison:
 
 def compare(
     version: str,
-    reference: dict[str, Any] | None,
+    reference: Reference | None,
     counts: dict[str, Any],
     predicted: dict[str, float],
 ) -> Comparison:
@@ -120,18 +121,18 @@ def compare(
     window with its `reference` (None: the version was exported without one)."""
     if reference is None:
         return skipped(version, counts, "it has no reference.json (fit it again)")
-    if reference["edges"] != {k: list(v) for k, v in stats.EDGES.items()}:
+    if reference.edges != {k: list(v) for k, v in stats.EDGES.items()}:
         return skipped(version, counts, "its reference has other bucket edges")
     return Comparison(
         version,
         _images(counts),
-        psi={name: psi(reference["counts"][name], counts[name]) for name in counts},
-        reference_accuracy=reference["accuracy"],
+        psi={name: psi(reference.counts[name], counts[name]) for name in counts},
+        reference_accuracy=reference.accuracy,
         estimated_accuracy=estimated_accuracy(reference, counts.get("confidence", [])),
         mean_confidence=_mean_confidence(counts.get("confidence", [])),
-        reference_confidence=reference["mean_confidence"],
+        reference_confidence=reference.mean_confidence,
         predicted_share=_shares(predicted),
-        reference_share=_shares(reference["predicted"]),
+        reference_share=_shares(reference.predicted),
     )
 
 

@@ -29,11 +29,11 @@ import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from catsdogs_pl import errors, prometheus, settings
+from catsdogs_pl.contracts import Reference
 from catsdogs_pl.monitoring import drift, reference, stats
 
 BUCKETS = f"{stats.METRIC}_bucket"
@@ -141,7 +141,7 @@ class ReferenceUnavailable(errors.CatsDogsError):
 _UNREADABLE = (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error)
 
 
-def load_reference(version: str) -> dict[str, Any] | None:
+def load_reference(version: str) -> Reference | None:
     """The reference of `version` (None: it was exported without one): from its newest archive in
     the model store, else from the registry. ReferenceUnavailable when it cannot be read now."""
     try:
@@ -157,7 +157,7 @@ def load_reference(version: str) -> dict[str, Any] | None:
     return _registry_reference(version)
 
 
-def _registry_reference(version: str) -> dict[str, Any] | None:
+def _registry_reference(version: str) -> Reference | None:
     """`servable/reference.json` of the run of registered `version` (None: it has none), in the
     registry of the fit config as package and deploy find it: for a monitor without the model
     store."""
@@ -179,11 +179,11 @@ def _registry_reference(version: str) -> dict[str, Any] | None:
         client = MlflowClient(uri)
         _, run_id = registry.resolve_version(client, store.registered_model, version)
         logged = {Path(a.path).name for a in client.list_artifacts(run_id, "servable")}
-        if reference.FILE not in logged:
+        if Reference.FILE not in logged:
             return None
         with tempfile.TemporaryDirectory() as tmp:
-            path = client.download_artifacts(run_id, f"servable/{reference.FILE}", tmp)
-            return json.loads(Path(path).read_text())
+            path = client.download_artifacts(run_id, f"servable/{Reference.FILE}", tmp)
+            return Reference.read(Path(path).parent)
     except (registry.NotRegisteredError, MlflowException, OSError, ValueError) as exc:
         raise ReferenceUnavailable(f"{where}, and the registry at {uri}: {exc}") from exc
 

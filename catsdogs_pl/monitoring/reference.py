@@ -7,17 +7,14 @@ the same file; the monitor reads it back from the `.mar` of each served version,
 
 from __future__ import annotations
 
-import json
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from catsdogs_pl.contracts import Reference
 from catsdogs_pl.monitoring import stats
 
-SCHEMA = 1
-FILE = "reference.json"
 _CHUNK = 256  # images per statistics pass: bounded memory on any split size
 
 
@@ -28,7 +25,7 @@ def build(
     labels: np.ndarray,
     classes: list[str],
     split: str = "val",
-) -> dict[str, Any]:
+) -> Reference:
     """The reference of `images` (N x H x W x 3 uint8, decoded as served), their uploaded `sizes`
     (N x 2), the model's `probabilities` on them and the true `labels`."""
     counts = {name: np.zeros(len(e) + 1, np.int64) for name, e in stats.EDGES.items()}
@@ -50,29 +47,28 @@ def build(
     mean_confidence = np.divide(sure, n, out=np.full(len(n), np.nan), where=n > 0)
     ece = float(np.nansum(n / max(len(confidence), 1) * np.abs(accuracy - mean_confidence)))
     predicted_class = np.asarray(probabilities).argmax(1)
-    return {
-        "schema": SCHEMA,
-        "split": split,
-        "images": int(len(confidence)),
-        "edges": {name: list(e) for name, e in stats.EDGES.items()},
-        "counts": {name: c.tolist() for name, c in counts.items()},
-        "classes": list(classes),
-        "predicted": {c: int((predicted_class == i).sum()) for i, c in enumerate(classes)},
-        "accuracy": float(correct.mean()) if len(correct) else float("nan"),
-        "mean_confidence": float(confidence.mean()) if len(confidence) else float("nan"),
-        "ece": ece,
+    return Reference(
+        split=split,
+        images=int(len(confidence)),
+        edges={name: list(e) for name, e in stats.EDGES.items()},
+        counts={name: c.tolist() for name, c in counts.items()},
+        classes=tuple(classes),
+        predicted={c: int((predicted_class == i).sum()) for i, c in enumerate(classes)},
+        accuracy=float(correct.mean()) if len(correct) else float("nan"),
+        mean_confidence=float(confidence.mean()) if len(confidence) else float("nan"),
+        ece=ece,
         # per confidence bucket: images, accuracy and mean confidence (null where empty)
-        "calibration": {
+        calibration={
             "images": n.tolist(),
             "accuracy": [None if np.isnan(a) else float(a) for a in accuracy],
             "confidence": [None if np.isnan(c) else float(c) for c in mean_confidence],
         },
-    }
+    )
 
 
-def from_mar(path: Path) -> dict[str, Any] | None:
+def from_mar(path: Path) -> Reference | None:
     """The reference inside a `.mar`, or None for an archive built without one."""
     with zipfile.ZipFile(path) as mar:
-        if FILE not in mar.namelist():
+        if Reference.FILE not in mar.namelist():
             return None
-        return json.loads(mar.read(FILE))
+        return Reference.from_json(mar.read(Reference.FILE))

@@ -305,23 +305,27 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="registered versions, their workers, the retired ones")
     scaling = sub.add_parser("scale", help="set the workers of the default version")
     scaling.add_argument("--workers", type=int, required=True)
-    if not argv or argv[0].startswith("-"):
-        registry.add_version_arguments(parser)
-        _add_keep_argument(parser)
-        parser.add_argument(
-            "--gate",
-            type=Path,
-            metavar="DIR",
-            help="labelled photos DIR/<class>/*: make the version the default only if it scores "
-            "on them at least as well as the current default and fails no request (else exit 1)",
-        )
-        parser.add_argument(
-            "--tolerance",
-            type=float,
-            help="with --gate: how much lower than the default's accuracy passes (default 0.0)",
-        )
+    registry.add_version_arguments(parser, required=False)  # deploying needs one: checked below
+    _add_keep_argument(parser)
+    parser.add_argument(
+        "--gate",
+        type=Path,
+        metavar="DIR",
+        help="labelled photos DIR/<class>/*: make the version the default only if it scores "
+        "on them at least as well as the current default and fails no request (else exit 1)",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        help="with --gate: how much lower than the default's accuracy passes (default 0.0)",
+    )
     args = parser.parse_args(argv)
-    if getattr(args, "keep", KEEP) < 0:
+    chosen = [f"--{n.replace('_', '-')}" for n in registry.VERSION_ARGUMENTS if getattr(args, n)]
+    if args.command and (chosen or args.gate or args.tolerance is not None):
+        parser.error(f"{args.command} takes none of {', '.join(chosen) or '--gate, --tolerance'}")
+    if not args.command and not chosen:
+        parser.error("one of the arguments --model-version --alias --run-id is required")
+    if args.keep < 0:
         parser.error(f"--keep {args.keep}: 0 or more previous versions")
     if args.command == "rollback":
         print(rollback(registry.mlflow_settings(args), args.keep))

@@ -10,17 +10,16 @@ version is, or is not, the default.
 from __future__ import annotations
 
 import hashlib
-import json
 import urllib.error
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from catsdogs_pl import registry, settings
+from catsdogs_pl.contracts import Preprocessing
 from catsdogs_pl.errors import ConfigError, MissingError, UnreachableError
 from catsdogs_pl.serving import torchserve as ts
 from catsdogs_pl.serving.predict import describe, predict
-from catsdogs_pl.training import export
 
 EPSILON = 1e-9  # accuracies are ratios of counts: equal figures must not fail on rounding
 
@@ -30,8 +29,7 @@ Photos = list[tuple[Path, str]]  # (photo, its true class)
 def archive_classes(mar: Path) -> list[str]:
     """The classes an archive predicts, in index order: what the gate's folders must be named."""
     with zipfile.ZipFile(mar) as archive:
-        names = json.loads(archive.read(export.INDEX_TO_NAME))
-    return [names[str(i)] for i in range(len(names))]
+        return list(Preprocessing.from_json(archive.read(Preprocessing.FILE)).classes)
 
 
 def load_photos(folder: Path, classes: list[str]) -> Photos:

@@ -23,17 +23,17 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from catsdogs_pl import registry, settings
+from catsdogs_pl import registry, servable, settings
 from catsdogs_pl.errors import CatsDogsError, run
-from catsdogs_pl.training import export
 
-MODELS = settings.ROOT / "catsdogs_pl" / "models"
-SOURCES = {  # file shipped in the .mar -> where it comes from
-    "catsdogs_cnn.py": MODELS / "cnn.py",
-    "catsdogs_backbone.py": MODELS / "backbone.py",
-    "catsdogs_efficientnet_lite.py": MODELS / "efficientnet_lite.py",
-    "catsdogs_preprocessing.py": settings.ROOT / "catsdogs_pl" / "preprocessing.py",
-    "catsdogs_stats.py": settings.ROOT / "catsdogs_pl" / "monitoring" / "stats.py",
+CODE = settings.ROOT / "catsdogs_pl"
+SOURCES = {  # file shipped in the .mar -> where it comes from; the handler imports these names
+    "catsdogs_servable.py": CODE / "servable.py",
+    "catsdogs_contracts.py": CODE / "contracts.py",
+    "catsdogs_errors.py": CODE / "errors.py",
+    "catsdogs_preprocessing.py": CODE / "preprocessing.py",
+    "catsdogs_stats.py": CODE / "monitoring" / "stats.py",
+    **{f"catsdogs_{m}.py": CODE / "models" / f"{m}.py" for m in servable.NETWORKS.values()},
 }
 
 
@@ -68,7 +68,7 @@ def read_identity(mar: Path) -> Identity | None:
 def stage(export_dir: Path, out: Path) -> Path:
     """The model folder exactly as TorchServe unpacks it: handler, sources, servable files."""
     out.mkdir(parents=True, exist_ok=True)
-    for name in export.present(export_dir):
+    for name in servable.present(export_dir):
         shutil.copy(export_dir / name, out / name)
     for name, source in SOURCES.items():
         shutil.copy(source, out / name)
@@ -81,15 +81,15 @@ def build_mar(
     export_dir: Path, version: str, store: Path, registered_model: str = "", run_id: str = ""
 ) -> Path:
     """Archive `export_dir` as `store/catsdogs_v<version>-<key>.mar` with torch-model-archiver."""
-    export.load(export_dir)  # refuse a broken export before it reaches a server
+    servable.load(export_dir)  # refuse a broken export before it reaches a server
     store.mkdir(parents=True, exist_ok=True)
-    weights = hashlib.sha256((export_dir / export.WEIGHTS).read_bytes()).hexdigest()
+    weights = hashlib.sha256((export_dir / servable.WEIGHTS).read_bytes()).hexdigest()
     identity = Identity(registered_model or settings.MODEL_NAME, str(version), run_id, weights)
     with tempfile.TemporaryDirectory() as tmp:
         staged = stage(export_dir, Path(tmp) / "model")
         (staged / IDENTITY).write_text(json.dumps(asdict(identity), indent=2))
-        files = (*export.present(export_dir), *SOURCES, IDENTITY)
-        extra = [staged / n for n in files if n != export.WEIGHTS]
+        files = (*servable.present(export_dir), *SOURCES, IDENTITY)
+        extra = [staged / n for n in files if n != servable.WEIGHTS]
         cmd = [
             sys.executable,
             "-m",
@@ -99,7 +99,7 @@ def build_mar(
             "--version",
             str(version),
             "--serialized-file",
-            str(staged / export.WEIGHTS),
+            str(staged / servable.WEIGHTS),
             "--handler",
             str(staged / settings.HANDLER.name),
             "--extra-files",

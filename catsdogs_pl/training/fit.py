@@ -9,6 +9,8 @@ registered model and moves the `champion` alias only when the new version is at 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import warnings
 from argparse import Namespace
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
-from catsdogs_pl import registry
+from catsdogs_pl import config, registry
 from catsdogs_pl.data.datamodule import CatsDogsDataModule
 from catsdogs_pl.errors import ConfigError, MissingError
 from catsdogs_pl.models.classifier import MONITOR, CatsDogsClassifier
@@ -94,6 +96,50 @@ class RecordRunConfig(Callback):
         checkpoint[RUN_CONFIG] = self.run_config
 
 
+class QuietSanityCheck(Callback):
+    """The sanity check scores two validation batches only to prove that the loop runs. The
+    validation split is cached in class order, so both batches hold cats alone and torchmetrics'
+    AUROC warns "No negative samples in targets" (or "positive"): about those two batches, never
+    about the run. Silenced for the sanity check alone: a real validation epoch still warns."""
+
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._quiet = warnings.catch_warnings()
+        self._quiet.__enter__()
+        warnings.filterwarnings(
+            "ignore", r"No (negative|positive) samples in targets", UserWarning, r"torchmetrics\."
+        )
+
+    def on_sanity_check_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._quiet.__exit__(None, None, None)
+
+
+class _NoAdvertisement(logging.Filter):
+    """Lightning logs "💡 Tip: ... try installing litlogger" (and litmodels) at every Trainer that
+    has no LitLogger, with no setting to turn it off: an advertisement, not about the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+_NO_ADVERTISEMENT = _NoAdvertisement()
+
+
+def quiet_lightning() -> None:
+    """Silence, narrowly, what Lightning prints at every fit that is not about the user's run."""
+    # rank_zero_info logs through this logger (lightning.pytorch.utilities.rank_zero sets it as
+    # lightning_utilities' rank-zero logger); its other messages ("Seed set to", "GPU available")
+    # stay. addFilter adds the one instance once.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NO_ADVERTISEMENT)
+    # Lightning's own pytree helper builds the LeafSpec that this torch deprecates: Lightning's to
+    # update, nothing the user can change
+    warnings.filterwarnings(
+        "ignore",
+        r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        FutureWarning,
+        r"lightning\.pytorch\.utilities\._pytree",
+    )
+
+
 class ResumableMLFlowLogger(MLFlowLogger):
     """MLflow refuses to change a logged param, so a run resumed with another value of one (a
     larger batch size, say) keeps the first value as the param and the new one as a tag
@@ -114,11 +160,22 @@ class FitCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.add_class_arguments(registry.MlflowSettings, "mlflow")
-        parser.add_argument("--checkpoint_dir", type=str, default="checkpoints")
-        parser.add_argument("--early_stopping_patience", type=int, default=5)
+        # required: their values (and seed_everything's) live in configs/base.yaml, the default
+        # config file, so that the commands after fit read the same ones (catsdogs_pl.config)
+        parser.add_argument("--checkpoint_dir", type=str, required=True)
+        parser.add_argument("--early_stopping_patience", type=int, required=True)
         parser.add_argument(
             "--ckpt_path", type=str | None, default=None, help="'last' or a .ckpt path to resume"
         )
+
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        with warnings.catch_warnings():
+            if args is not None:
+                # main(args) from Python (the demo, the tests): sys.argv is then the caller's own
+                # command line (the demo's `--seed 3`, pytest's), which LightningCLI ignores, so
+                # its warning about args given beside command-line arguments is a false alarm
+                warnings.filterwarnings("ignore", r"LightningCLI's args parameter", UserWarning)
+            super().parse_arguments(parser, args)
 
     def before_instantiate_classes(self) -> None:
         """Fail before any training when the data or the tracking server is missing."""
@@ -177,6 +234,7 @@ class FitCLI(LightningCLI):
             EarlyStopping(monitor=MONITOR, mode="max", patience=cfg.early_stopping_patience),
             LearningRateMonitor(logging_interval="epoch"),
             RecordRunConfig(run_config),
+            QuietSanityCheck(),
         ]
         configured = (cfg.get("trainer") or {}).get("callbacks") or []
         return super().instantiate_trainer(
@@ -184,17 +242,20 @@ class FitCLI(LightningCLI):
         )
 
 
+# configs/base.yaml underneath every --config (the seed, checkpoint_dir and early stopping's
+# patience live there alone); the one merged view that catsdogs_pl.config.load also reads
+CLI_KWARGS: dict[str, Any] = {
+    "parser_kwargs": {"default_config_files": [str(config.BASE)]},
+    "save_config_callback": None,
+    "auto_configure_optimizers": False,
+}
+
+
 def main(args: list[str] | None = None) -> FitSummary | None:
-    """Run the whole fit; returns its summary (None on non-zero DDP ranks)."""
-    cli = FitCLI(
-        CatsDogsClassifier,
-        CatsDogsDataModule,
-        run=False,
-        args=args,
-        save_config_callback=None,
-        seed_everything_default=42,
-        auto_configure_optimizers=False,
-    )
+    """Run the whole fit; returns its summary (None on non-zero DDP ranks). `args` None: the
+    command line's (`python -m catsdogs_pl.fit`); a list: from Python (the demo, the tests)."""
+    quiet_lightning()
+    cli = FitCLI(CatsDogsClassifier, CatsDogsDataModule, run=False, args=args, **CLI_KWARGS)
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     try:
         if trainer.is_global_zero:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import mlflow
@@ -19,7 +18,8 @@ import torch
 from mlflow import MlflowClient
 from mlflow.models.model import ModelInfo
 
-from catsdogs_pl import registry
+from catsdogs_pl import registry, servable
+from catsdogs_pl.contracts import Reference
 from catsdogs_pl.data.datamodule import CatsDogsDataModule
 from catsdogs_pl.models.classifier import (
     TEST_ACC,
@@ -29,7 +29,7 @@ from catsdogs_pl.models.classifier import (
     CatsDogsClassifier,
 )
 from catsdogs_pl.monitoring import reference
-from catsdogs_pl.training import export, plots
+from catsdogs_pl.training import plots
 
 
 @dataclass(frozen=True)
@@ -61,8 +61,8 @@ class FitSummary:
 def log_data(client: MlflowClient, run_id: str, dm: CatsDogsDataModule) -> None:
     """The dataset version as a param and the prepared data's summary as an artifact."""
     summary = dm.summary
-    client.log_param(run_id, "data/dataset_version", summary["dataset_version"])
-    client.log_dict(run_id, summary, "data/summary.json")
+    client.log_param(run_id, "data/dataset_version", summary.dataset_version)
+    client.log_text(run_id, summary.to_json(), f"data/{summary.FILE}")
 
 
 def predict(
@@ -85,7 +85,7 @@ def predict(
     return np.load(data.images_path, mmap_mode="r"), data.labels, torch.cat(probs).numpy()
 
 
-def monitoring_reference(model: CatsDogsClassifier, dm: CatsDogsDataModule) -> dict[str, Any]:
+def monitoring_reference(model: CatsDogsClassifier, dm: CatsDogsDataModule) -> Reference:
     """The validation split's input statistics, the model's confidence on it and its
     calibration: what the monitor compares served traffic with."""
     images, targets, probs = predict(model, dm, "val")
@@ -120,12 +120,12 @@ def log_servable(
     tracking_uri: str,
     net: torch.nn.Module,
     dm: CatsDogsDataModule,
-    reference: dict[str, Any],
+    reference: Reference,
 ) -> ModelInfo:
     """The servable export with its monitoring reference (what `package` archives) and the
     network as an MLflow model (what the registry version points at)."""
     with tempfile.TemporaryDirectory() as tmp:
-        folder = export.export(net, dm.preprocessing, Path(tmp), reference)
+        folder = servable.export(net, dm.preprocessing, Path(tmp), reference)
         client.log_artifacts(run_id, str(folder), "servable")
     size = dm.settings.image_size
     example = np.zeros((2, 3, size, size), dtype=np.float32)  # batch 1 would be specialised
@@ -147,14 +147,14 @@ def register(
     it when it earned it. Returns (version, alias moved, why)."""
     data = dm.summary
     tags = {
-        "dataset_version": data["dataset_version"],
+        registry.DATASET_TAG: data.dataset_version,
         "git_commit": registry.git_commit(),
         TEST_ACC: f"{metrics[TEST_ACC]:.6f}",
     }
     description = (
         f"{type(net).__name__} {getattr(net, 'init_args', {})} at {dm.settings.image_size}px; "
-        f"{TEST_ACC}={metrics[TEST_ACC]:.4f} on dataset {data['dataset_version']} "
-        f"({data['splits']['test']['total']} test images); servable export in "
+        f"{TEST_ACC}={metrics[TEST_ACC]:.4f} on dataset {data.dataset_version} "
+        f"({data.splits['test']['total']} test images); servable export in "
         f"runs:/{run_id}/servable"
     )
     version = registry.register(
@@ -179,7 +179,7 @@ def publish(
     client.log_artifact(run_id, trainer.checkpoint_callback.best_model_path, "checkpoints")
     log_evaluation_plots(client, run_id, model, dm)
     monitored = monitoring_reference(model, dm)
-    client.log_metric(run_id, "val/ece", monitored["ece"])
+    client.log_metric(run_id, "val/ece", monitored.ece)
     info = log_servable(client, run_id, tracking_uri, model.net, dm, monitored)
     version, moved, reason = register(
         client, run_id, settings.registered_model, info, model.net, dm, metrics

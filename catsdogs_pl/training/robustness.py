@@ -26,15 +26,14 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from mlflow import MlflowClient
 from PIL import Image, ImageEnhance, ImageOps
 
-from catsdogs_pl import preprocessing, registry
+from catsdogs_pl import config, preprocessing, registry, servable
+from catsdogs_pl.contracts import Preprocessing, Summary
 from catsdogs_pl.data import sources
 from catsdogs_pl.data.prepare import read_manifest
 from catsdogs_pl.errors import ConfigError, MissingError, run
-from catsdogs_pl.training import export
 
 PARAM = "data/dataset_version"
 ARTIFACT = "robustness/table.json"
@@ -104,20 +103,20 @@ def prepared_command(data_dir: Path) -> str:
     return f"python -m catsdogs_pl.data prepare --source <archive or folder> --out {data_dir}"
 
 
-def read_prepared(data_dir: Path) -> dict[str, Any]:
+def read_prepared(data_dir: Path) -> Summary:
     """summary.json of the prepared data, or MissingError naming the command that writes it."""
-    for name in ("summary.json", "manifest.csv"):
+    for name in (Summary.FILE, "manifest.csv"):
         if not (data_dir / name).is_file():
             raise MissingError(
                 f"{data_dir / name} not found: prepare the data first ({prepared_command(data_dir)})"
             )
-    return json.loads((data_dir / "summary.json").read_text())
+    return Summary.read(data_dir)
 
 
-def source_root(data_dir: Path, summary: dict[str, Any]) -> Path:
+def source_root(data_dir: Path, summary: Summary) -> Path:
     """The folder the manifest's relpaths are relative to, as prepare resolved it: the source
     folder itself, or prepare's extraction of the archive under `data_dir/extracted` (reused)."""
-    source = Path(summary["source"])
+    source = Path(summary.source)
     if source.is_dir():
         return source
     if source.is_file():
@@ -152,10 +151,10 @@ def load_test_photos(
     return [(root / r.relpath, classes.index(r.label), r.sha256) for r in rows]
 
 
-def check_dataset_version(client: MlflowClient, run_id: str, summary: dict[str, Any]) -> None:
+def check_dataset_version(client: MlflowClient, run_id: str, summary: Summary) -> None:
     """The version was tested on the same split as the prepared data, or ConfigError naming both."""
     trained = client.get_run(run_id).data.params.get(PARAM)
-    prepared = summary["dataset_version"]
+    prepared = summary.dataset_version
     if trained != prepared:
         raise ConfigError(
             f"run {run_id} was trained on dataset_version {trained} ({PARAM}), the prepared data "
@@ -181,27 +180,23 @@ def _decode_all(
     return out
 
 
-def predict(net: torch.nn.Module, pre: dict[str, Any], images: list[np.ndarray]) -> np.ndarray:
+def predict(net: torch.nn.Module, pre: Preprocessing, images: list[np.ndarray]) -> np.ndarray:
     """Class indices for uint8 HWC images: the handler's normalisation, CPU, inference mode."""
     batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
-    x = preprocessing.normalize(batch, tuple(pre["mean"]), tuple(pre["std"]))
+    x = preprocessing.normalize(batch, pre.mean, pre.std)
     with torch.inference_mode():
         return net(x).argmax(-1).numpy()
 
 
 def evaluate(
     net: torch.nn.Module,
-    pre: dict[str, Any],
+    pre: Preprocessing,
     photos: list[tuple[Path, int, str]],
     workers: int | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Accuracy per shift (overall, per class, its delta to `none`, uploads that failed to decode,
     which count as wrong), reading each photo once and decoding it in threads."""
-    size, classes = int(pre["image_size"]), list(pre["classes"])
-    limits = {
-        "min_side": int(pre.get("min_side", preprocessing.MIN_SIDE)),
-        "max_pixels": int(pre.get("max_pixels", preprocessing.MAX_PIXELS)),
-    }
+    size, classes, limits = pre.image_size, list(pre.classes), pre.limits
     labels = np.array([label for _, label, _ in photos])
     preds = np.full((len(SHIFTS), len(photos)), -1)
     workers = workers or min(16, len(os.sched_getaffinity(0)))
@@ -246,10 +241,9 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def data_dir_of(config: Path) -> Path:
-    """`data.data_dir` of the fit config (the DataModule's default when it names none)."""
-    found = (yaml.safe_load(Path(config).read_text()) or {}).get("data") or {}
-    return Path(found.get("data_dir", "data/prepared"))
+def data_dir_of(path: Path) -> Path:
+    """`data.data_dir` of the fit config as fit reads it (configs/base.yaml names the default)."""
+    return Path(config.load(path)["data"]["data_dir"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -284,19 +278,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     check_dataset_version(client, run_id, summary)
     with tempfile.TemporaryDirectory() as tmp:
-        net, pre = export.load(Path(client.download_artifacts(run_id, "servable", tmp)))
+        net, pre = servable.load(Path(client.download_artifacts(run_id, "servable", tmp)))
     if args.no_flip_tta:
         net.flip_tta = False
-    photos = load_test_photos(data_dir, summary, list(pre["classes"]), args.limit)
+    photos = load_test_photos(data_dir, summary, list(pre.classes), args.limit)
     shifts = evaluate(net, pre, photos)
     labels = [label for _, label, _ in photos]
     result = {
         "registered_model": store.registered_model,
         "model_version": version,
         "run_id": run_id,
-        "dataset_version": summary["dataset_version"],
+        "dataset_version": summary.dataset_version,
         "photos": len(photos),
-        "photos_per_class": {c: labels.count(i) for i, c in enumerate(pre["classes"])},
+        "photos_per_class": {c: labels.count(i) for i, c in enumerate(pre.classes)},
         "limit": args.limit,
         "flip_tta": net.flip_tta,
         "shifts": shifts,

@@ -11,9 +11,8 @@ import torch
 from mlflow import MlflowClient
 from PIL import Image
 
-from catsdogs_pl import preprocessing, registry, settings
+from catsdogs_pl import preprocessing, registry, servable, settings
 from catsdogs_pl.models.cnn import BaselineCNN
-from catsdogs_pl.training import export
 from tests.helpers.serving import ARCH, SIZE
 
 CLASSES = ["cat", "dog"]
@@ -67,7 +66,7 @@ def register_versions(home: Path, nets: list[BaselineCNN]) -> list[str]:
     versions = []
     for i, net in enumerate(nets):
         run = client.create_run(experiment)
-        folder = export.export(net, preprocessing.describe(SIZE, CLASSES), home / f"gate-export{i}")
+        folder = servable.export(net, preprocessing.spec(SIZE, CLASSES), home / f"gate-export{i}")
         client.log_artifacts(run.info.run_id, str(folder), "servable")
         registered = registry.register(
             client, settings.MODEL_NAME, "servable", run.info.run_id, {}, "gate test"

@@ -18,11 +18,10 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
-from catsdogs_pl import preprocessing, registry, settings
+from catsdogs_pl import preprocessing, registry, servable, settings
 from catsdogs_pl.models.cnn import BaselineCNN
 from catsdogs_pl.serving import deploy, package, serve
 from catsdogs_pl.serving import torchserve as ts
-from catsdogs_pl.training import export
 from tests.helpers.ports import torchserve_ports
 
 SIZE = 32
@@ -35,7 +34,7 @@ def make_export(folder: Path, seed: int = 0) -> Path:
     net = BaselineCNN(**ARCH)
     for p in net.parameters():  # random BN scales too, so outputs differ between seeds
         torch.nn.init.normal_(p, std=0.3)
-    return export.export(net, preprocessing.describe(SIZE, ["cat", "dog"]), folder)
+    return servable.export(net, preprocessing.spec(SIZE, ["cat", "dog"]), folder)
 
 
 class FakeMetrics:
@@ -61,7 +60,7 @@ class FakeContext:
         config = yaml.safe_load(settings.MODEL_CONFIG.read_text())
         config["handler"].update(handler_config)
         self.system_properties = {"model_dir": str(model_dir), "batch_size": 8}
-        self.manifest = {"model": {"modelVersion": version, "serializedFile": export.WEIGHTS}}
+        self.manifest = {"model": {"modelVersion": version, "serializedFile": servable.WEIGHTS}}
         self.model_yaml_config = config
         self.statuses: dict[int, tuple[int, str]] = {}
         self.metrics = FakeMetrics()

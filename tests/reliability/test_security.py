@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from catsdogs_pl import servable
 from catsdogs_pl.serving import package
 from catsdogs_pl.serving import torchserve as ts
-from catsdogs_pl.training import export
 from tests.helpers.serving import FakeContext, load_handler, make_export
 
 
@@ -70,14 +70,14 @@ class _Payload:
 
 
 def test_weights_are_never_unpickled(tmp_path: Path) -> None:
-    """A weights.pt that runs code when unpickled is refused by export.load, by package (before
+    """A weights.pt that runs code when unpickled is refused by servable.load, by package (before
     it reaches a server) and by the handler inside TorchServe: weights_only loading."""
     folder = make_export(tmp_path / "export")
     marker = tmp_path / "code-ran"
-    torch.save({"weight": _Payload(marker)}, folder / export.WEIGHTS)
+    torch.save({"weight": _Payload(marker)}, folder / servable.WEIGHTS)
     refused = "Weights only load failed"
     with pytest.raises(pickle.UnpicklingError, match=refused):
-        export.load(folder)
+        servable.load(folder)
     with pytest.raises(pickle.UnpicklingError, match=refused):
         package.package("5", export_dir=folder)
     staged = package.stage(folder, tmp_path / "model")

@@ -1,0 +1,98 @@
+"""The servable contract: the files of a model export, and the one way to build and load its network.
+
+An export folder holds `weights.pt` (a plain state_dict, loaded with `weights_only=True`: nothing is
+unpickled), `architecture.json` (which network, with its constructor arguments),
+`preprocessing.json` and `index_to_name.json` (from the prepared data, so serving cannot drift from
+training) and, when fit wrote one, `reference.json` (what the monitor compares served traffic with).
+
+Torch only. Every `.mar` ships this file as `catsdogs_servable.py`, beside `catsdogs_contracts.py`
+and the network modules as `catsdogs_<module>.py` (`NETWORKS`), and the handler loads with it: fit's
+export, package, serving, robustness, the gate and the monitor all read a model the same way.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+if __package__:  # catsdogs_pl.servable
+    from catsdogs_pl.contracts import Architecture, Preprocessing, Reference
+    from catsdogs_pl.errors import MissingError
+else:  # catsdogs_servable.py inside a .mar (serving/package.py ships them all)
+    from catsdogs_contracts import Architecture, Preprocessing, Reference
+    from catsdogs_errors import MissingError
+
+WEIGHTS = "weights.pt"
+INDEX_TO_NAME = "index_to_name.json"
+FILES = (WEIGHTS, Architecture.FILE, Preprocessing.FILE, INDEX_TO_NAME)
+TRAINING_ONLY = ("weights",)  # where training starts from: the export's weights.pt replaces it
+NETWORKS = {  # network class -> its module in catsdogs_pl/models (catsdogs_<module>.py in a .mar)
+    "BaselineCNN": "cnn",
+    "TorchvisionNet": "backbone",
+    "EfficientNetLite0": "efficientnet_lite",
+}
+
+
+def network_class(name: str) -> type[nn.Module]:
+    """The class `architecture.json` names, importing only its module (a baseline worker never
+    imports torchvision)."""
+    if name not in NETWORKS:
+        raise ValueError(f"architecture.json names {name!r}; known networks: {', '.join(NETWORKS)}")
+    module = NETWORKS[name]
+    path = f"{__package__}.models.{module}" if __package__ else f"catsdogs_{module}"
+    return getattr(importlib.import_module(path), name)
+
+
+def architecture(net: nn.Module) -> Architecture:
+    """What `net` is, from its `init_args`; refused when they leave out a constructor argument,
+    which serving would otherwise rebuild with its default."""
+    args = dict(net.init_args)
+    signature = inspect.signature(type(net).__init__).parameters
+    missing = [p for p in signature if p not in ("self", *args, *TRAINING_ONLY)]
+    if missing:
+        raise ValueError(
+            f"{type(net).__name__}.init_args lacks {', '.join(missing)}: add them, or serving "
+            "rebuilds the network with their defaults"
+        )
+    return Architecture(network=type(net).__name__, init_args=args)
+
+
+def build(arch: Architecture) -> nn.Module:
+    """The network `arch` describes, with fresh weights."""
+    return network_class(arch.network)(**arch.init_args)
+
+
+def export(
+    net: nn.Module, preprocessing: Preprocessing, out: Path, reference: Reference | None = None
+) -> Path:
+    """Write the servable files (and the monitoring reference, when given) into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    if reference is not None:
+        reference.write(out)
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    torch.save(state, out / WEIGHTS)
+    architecture(net).write(out)
+    preprocessing.write(out)
+    (out / INDEX_TO_NAME).write_text(json.dumps(preprocessing.index_to_name(), indent=2))
+    return out
+
+
+def present(folder: Path) -> list[str]:
+    """The servable files of `folder`: the four, and the reference when it has one."""
+    return [*FILES, *([Reference.FILE] if (folder / Reference.FILE).exists() else [])]
+
+
+def load(folder: Path, weights: str = WEIGHTS) -> tuple[nn.Module, Preprocessing]:
+    """The network in eval mode and its preprocessing, from an export folder (or an unpacked
+    `.mar`, whose manifest may name the weights file otherwise)."""
+    missing = [name for name in (weights, *FILES[1:]) if not (folder / name).exists()]
+    if missing:
+        raise MissingError(f"{folder} is not a servable export: missing {', '.join(missing)}")
+    net = build(Architecture.read(folder))
+    net.load_state_dict(torch.load(folder / weights, map_location="cpu", weights_only=True))
+    return net.eval(), Preprocessing.read(folder)
