@@ -35,7 +35,7 @@ from serve import load_handler, photos  # bench/serve.py: the handler as a worke
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
 from catsdogs_pl import config as fit_config
-from catsdogs_pl import preprocessing, servable, settings
+from catsdogs_pl import places, preprocessing, servable
 from catsdogs_pl.models.cnn import BaselineCNN
 from catsdogs_pl.serving import package, serve
 
@@ -52,7 +52,7 @@ def worker_context(config: dict[str, Any]) -> SimpleNamespace:
     """What handle() gets: TorchServe's metrics cache (lines to /dev/null) and a status sink."""
     metrics = MetricsCacheYamlImpl(str(serve.METRICS_CONFIG))
     metrics.initialize_cache()
-    metrics.model_name = settings.MODEL_NAME
+    metrics.model_name = places.MODEL_NAME
     metrics.set_request_ids({i: f"r{i}" for i in range(config["batchSize"])})
     sink = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115 (lives as long as the run)
     logging.getLogger("ts.metrics").addHandler(sink)
@@ -128,7 +128,7 @@ def main() -> None:
     if not archive.exists():
         print(f"skipped: {archive} is absent (pass --data with the shared data folder)")
         return
-    shipped = yaml.safe_load(settings.MODEL_CONFIG.read_text())
+    shipped = yaml.safe_load(places.MODEL_CONFIG.read_text())
     with tempfile.TemporaryDirectory(prefix="catsdogs-bench-stats-") as name:
         tmp = Path(name)
         export_dir = args.export_dir or random_export(tmp / "export")

@@ -46,7 +46,7 @@ import numpy as np
 import yaml
 from mlflow import MlflowClient
 
-from catsdogs_pl import preprocessing, registry, servable, settings
+from catsdogs_pl import places, preprocessing, registry, servable
 from catsdogs_pl.data import sources
 from catsdogs_pl.serving import package, serve
 from catsdogs_pl.serving import torchserve as ts
@@ -203,7 +203,7 @@ def torchserve_load(
     try:
         serve.start()
         query = urllib.parse.urlencode(
-            {"url": mar.name, "model_name": settings.MODEL_NAME, "synchronous": "true"}
+            {"url": mar.name, "model_name": places.MODEL_NAME, "synchronous": "true"}
         )
         ts.check(ts.call("management", "POST", f"/models?{query}", timeout=300), "register")
         entry = ts.wait_ready()
@@ -216,7 +216,7 @@ def torchserve_load(
             "Content-Type": "application/octet-stream",
             "Authorization": f"Bearer {ts.read_key('inference')}",
         }
-        path = f"/predictions/{settings.MODEL_NAME}"
+        path = f"/predictions/{places.MODEL_NAME}"
         return reported, {c: http_load(TS_PORT, path, headers, images, c, duration) for c in levels}
     finally:
         serve.stop()
@@ -272,7 +272,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path(__file__).parents[2] / "shared" / "data")
     parser.add_argument("--duration", type=float, default=15, help="seconds per measurement")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
-    shipped = yaml.safe_load(settings.MODEL_CONFIG.read_text())
+    shipped = yaml.safe_load(places.MODEL_CONFIG.read_text())
     parser.add_argument("--workers", type=int, help="default: shipped, at most cores / threads")
     parser.add_argument("--torch-threads", type=int, default=shipped["handler"]["torch_threads"])
     parser.add_argument("--batch-size", type=int, default=shipped["batchSize"])
@@ -305,11 +305,11 @@ def main() -> None:
         config = model_config(
             shipped, workers, args.torch_threads, args.batch_size, args.max_batch_delay
         )
-        settings.MODEL_CONFIG = tmp / "model-config.yaml"  # what stage() and build_mar() pack
-        settings.MODEL_CONFIG.write_text(yaml.safe_dump(config))
+        places.MODEL_CONFIG = tmp / "model-config.yaml"  # what stage() and build_mar() pack
+        places.MODEL_CONFIG.write_text(yaml.safe_dump(config))
         handler = load_handler(package.stage(export_dir, tmp / "model"), config)
         limit = in_process_rate(handler, images, workers, args.batch_size, args.duration)
-        mar = package.build_mar(export_dir, "1", settings.model_store())
+        mar = package.build_mar(export_dir, "1", places.model_store())
         reported, served = torchserve_load(mar, images, args.concurrency, args.duration)
         threads = args.fastapi_torch_threads or args.torch_threads
         fastapi = fastapi_load(export_dir, images, threads, args.concurrency, args.duration)

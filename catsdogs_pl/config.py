@@ -16,10 +16,10 @@ from typing import Any
 
 import yaml
 
-from catsdogs_pl import settings
+from catsdogs_pl import places
 from catsdogs_pl.errors import ConfigError, MissingError
 
-CONFIGS = settings.ROOT / "configs"
+CONFIGS = places.ROOT / "configs"
 BASE = CONFIGS / "base.yaml"  # what every fit config shares, and the fit command's defaults
 FIT = CONFIGS / "fit.yaml"  # the config the commands after fit read when given none
 

@@ -12,12 +12,12 @@ import os
 import sys
 from pathlib import Path
 
-from catsdogs_pl import config, fit, settings
-from catsdogs_pl.errors import run
+from catsdogs_pl import config, fit, places
+from catsdogs_pl.errors import exit_code
 from catsdogs_pl.registry import MlflowSettings
 from catsdogs_pl.serving import deploy, package, serve
 from catsdogs_pl.serving import torchserve as ts
-from catsdogs_pl.serving.predict import describe, predict
+from catsdogs_pl.serving.predict import answer_line, predict
 
 DEMO_CONFIG = config.CONFIGS / "demo.yaml"
 WATCHED = ("ts_inference_requests_total", "CatsDogsPredictions", "CatsDogsRejectedInputs")
@@ -43,25 +43,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m catsdogs_pl.demo", description=__doc__)
     parser.add_argument("--seed", type=int, help="the training seed (default: demo.yaml's)")
     args = parser.parse_args(argv)
-    os.chdir(settings.ROOT)  # the demo config's data paths are relative to the repository
-    _step(f"1/6 fit {DEMO_CONFIG.relative_to(settings.ROOT)} (state in {settings.home()})")
+    os.chdir(places.ROOT)  # the demo config's data paths are relative to the repository
+    _step(f"1/6 fit {DEMO_CONFIG.relative_to(places.ROOT)} (state in {places.home()})")
     seed = [] if args.seed is None else [f"--seed_everything={args.seed}"]
     summary = fit.main(["--config", str(DEMO_CONFIG), "--trainer.enable_progress_bar=false", *seed])
     registry = MlflowSettings.from_config(DEMO_CONFIG)  # where fit registered the version
     _step("2/6 package the registered version for TorchServe")
-    version, mar = package.package(version=summary.version, mlflow=registry)
+    version, mar = package.package_version(version=summary.version, mlflow=registry)
     print(f"version {version}: {mar}")
     _step("3/6 start TorchServe")
     print(serve.start())
     try:
         _step("4/6 deploy")
-        print(deploy.deploy(version=version, mlflow=registry))
+        print(deploy.deploy_version(version=version, mlflow=registry))
         _step("5/6 predict")
         data = config.load(DEMO_CONFIG)["data"]  # where fit drew and prepared the pictures
-        for image in _test_images(settings.ROOT / data["data_dir"], settings.ROOT / data["source"]):
-            print(describe(image, *predict(image)))
-        bad = settings.ROOT / "README.md"
-        print(describe(bad, *predict(bad)), "(a bad upload gets a 400 of its own)")
+        for image in _test_images(places.ROOT / data["data_dir"], places.ROOT / data["source"]):
+            print(answer_line(image, *predict(image)))
+        bad = places.ROOT / "README.md"
+        print(answer_line(bad, *predict(bad)), "(a bad upload gets a 400 of its own)")
         _step("6/6 Prometheus metrics that moved")
         print("\n".join(_metrics()))
         print(f"\nMLflow UI: {Path(sys.executable).parent}/mlflow ui --backend-store-uri ", end="")
@@ -72,4 +72,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(main))
+    sys.exit(exit_code(main))

@@ -28,7 +28,7 @@ class UnreachableError(CatsDogsError, ConnectionError):
     """A server the command needs (MLflow tracking, TorchServe) does not answer."""
 
 
-def run(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> int:
+def exit_code(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> int:
     """The exit code of a command: main's own (0 when it returns no int), 2 on a CatsDogsError."""
     try:
         code = main(argv)

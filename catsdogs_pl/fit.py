@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import sys
 
-from catsdogs_pl.errors import run
+from catsdogs_pl.errors import exit_code
 from catsdogs_pl.training.fit import main
 
 __all__ = ["main"]
 
 if __name__ == "__main__":
-    sys.exit(run(main))  # LightningCLI reads sys.argv itself
+    sys.exit(exit_code(main))  # LightningCLI reads sys.argv itself

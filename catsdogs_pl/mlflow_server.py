@@ -15,7 +15,7 @@ import sys
 from collections.abc import Mapping
 from urllib.parse import quote
 
-from catsdogs_pl.errors import ConfigError, run
+from catsdogs_pl.errors import ConfigError, exit_code
 
 DRIVER = "postgresql+psycopg"
 
@@ -42,4 +42,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(main, sys.argv[1:]))
+    sys.exit(exit_code(main, sys.argv[1:]))

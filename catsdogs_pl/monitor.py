@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import sys
 
-from catsdogs_pl.errors import run
+from catsdogs_pl.errors import exit_code
 from catsdogs_pl.monitoring.monitor import main
 
 __all__ = ["main"]
 
 if __name__ == "__main__":
-    sys.exit(run(main, sys.argv[1:]))
+    sys.exit(exit_code(main, sys.argv[1:]))

@@ -8,7 +8,7 @@ import threading
 import urllib.parse
 from collections.abc import Callable
 
-from catsdogs_pl import settings
+from catsdogs_pl import places
 
 
 def expose(kind: str, produce: Callable[[], str]) -> http.server.ThreadingHTTPServer:
@@ -30,7 +30,7 @@ def expose(kind: str, produce: Callable[[], str]) -> http.server.ThreadingHTTPSe
         def log_message(self, format: str, *args: object) -> None:  # a line per scrape is noise
             pass
 
-    url = urllib.parse.urlsplit(settings.address(kind, bind=True))
+    url = urllib.parse.urlsplit(places.address(kind, bind=True))
     server = http.server.ThreadingHTTPServer((url.hostname, url.port), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server

@@ -24,7 +24,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from catsdogs_pl import config, settings
+from catsdogs_pl import config, places
 from catsdogs_pl.errors import CatsDogsError, ConfigError, UnreachableError
 
 CHAMPION = "champion"
@@ -55,8 +55,8 @@ class MlflowSettings:
 
 
 def default_tracking_uri() -> str:
-    settings.home().mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{settings.home() / 'mlflow.db'}"
+    places.home().mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{places.home() / 'mlflow.db'}"
 
 
 def resolve_tracking_uri(configured: str | None = None) -> str:
@@ -65,7 +65,7 @@ def resolve_tracking_uri(configured: str | None = None) -> str:
 
 def artifact_location(uri: str) -> str | None:
     """Artifacts of the default store live beside it; other stores keep MLflow's own default."""
-    return str(settings.home() / "mlartifacts") if uri == default_tracking_uri() else None
+    return str(places.home() / "mlartifacts") if uri == default_tracking_uri() else None
 
 
 def client(store: MlflowSettings) -> MlflowClient:
@@ -229,7 +229,7 @@ def add_store_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def mlflow_settings(args: argparse.Namespace) -> MlflowSettings:
+def store_of(args: argparse.Namespace) -> MlflowSettings:
     """The config's mlflow section with --tracking-uri on top."""
     found = MlflowSettings.from_config(args.config)
     if args.tracking_uri:

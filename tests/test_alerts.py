@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 import yaml
 
-from catsdogs_pl import settings
+from catsdogs_pl import places
 from catsdogs_pl.monitoring import drift, stats
 from tests.helpers.deployment import tool
 
-PROMETHEUS = settings.ROOT / "configs" / "prometheus"
+PROMETHEUS = places.ROOT / "configs" / "prometheus"
 ALERTS = PROMETHEUS / "alerts.yml"
 ALERT_TESTS = PROMETHEUS / "alerts.test.yml"
 
@@ -40,7 +40,7 @@ def test_promtool_rule_tests_pass() -> None:
         pytest.skip("promtool is missing: Debian's prometheus package ships it (see .ci/run)")
     result = subprocess.run(
         [promtool, "test", "rules", str(ALERT_TESTS)],
-        cwd=settings.ROOT,
+        cwd=places.ROOT,
         capture_output=True,
         text=True,
         timeout=120,
@@ -95,7 +95,7 @@ def test_errors_page_only_for_requests_that_reached_inference() -> None:
     handled = {"CatsDogsPredictions", "CatsDogsRejectedInputs"}
     assert rated(page["expr"]) == {"ts_inference_requests_total", *handled}, page["expr"]
     assert rated(warn["expr"]) == {"Requests2XX", "Requests4XX", "Requests5XX"}, warn["expr"]
-    handler = (settings.ROOT / "handlers" / "catsdogs_handler.py").read_text()
+    handler = (places.ROOT / "handlers" / "catsdogs_handler.py").read_text()
     for name in handled:  # what the page subtracts is what the handler counts, one per image
         assert f'add_counter("{name}", 1' in handler, name
     for rule in (page, warn):

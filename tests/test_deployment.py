@@ -13,13 +13,13 @@ import pytest
 import yaml
 
 from catsdogs_pl import config as fit_config
-from catsdogs_pl import mlflow_server, settings
+from catsdogs_pl import mlflow_server, places
 from catsdogs_pl.serving import serve
 from tests.helpers.deployment import COMPOSE_FILE, compose_binary, compose_config
 
 SERVICES = {"torchserve", "monitor", "mlflow", "postgres", "prometheus", "grafana", "trainer"}
-CONFIGS = settings.ROOT / "configs"
-HOST_OVERRIDE = settings.ROOT / "tests" / "stack" / "compose.host.yml"
+CONFIGS = places.ROOT / "configs"
+HOST_OVERRIDE = places.ROOT / "tests" / "stack" / "compose.host.yml"
 
 
 def test_seven_services_with_healthchecks_and_ordered_start() -> None:
@@ -51,14 +51,14 @@ def test_only_the_inference_port_leaves_the_host() -> None:
 
 
 def test_no_secret_in_the_images_and_a_non_root_user() -> None:
-    dockerfile = (settings.ROOT / "Dockerfile").read_text()
+    dockerfile = (places.ROOT / "Dockerfile").read_text()
     stages = re.split(r"^FROM ", dockerfile, flags=re.M)[1:]
     final = {s.split()[2]: s for s in stages if " AS " in s.split("\n")[0]}
     for target in ("serve", "train", "mlflow"):
         users = re.findall(r"^USER (\S+)", final[target], flags=re.M)
         assert users and users[-1] == "10001:10001", f"{target} runs as {users}"
     assert not re.search(r"(PASSWORD|TOKEN|SECRET)\s*=", dockerfile, flags=re.I)
-    ignored = (settings.ROOT / ".dockerignore").read_text().splitlines()
+    ignored = (places.ROOT / ".dockerignore").read_text().splitlines()
     assert ignored[1] == "*" and "!catsdogs_pl/" in ignored  # nothing else enters the context
 
 
@@ -122,7 +122,7 @@ def test_prometheus_scrapes_every_metrics_port() -> None:
         t for job in config["scrape_configs"] for s in job["static_configs"] for t in s["targets"]
     }
     # the container's ports: config.properties' (the session's TS_* variables are this machine's)
-    props = settings.ts_properties()
+    props = places.ts_properties()
     kinds = ("metrics", "worker_metrics", "monitor")
     port = {k: props[f"{k}_address"].rsplit(":", 1)[1] for k in kinds}
     expected = {f"torchserve:{port[k]}" for k in ("metrics", "worker_metrics")}
@@ -132,7 +132,7 @@ def test_prometheus_scrapes_every_metrics_port() -> None:
 
 def _stage(name: str) -> str:
     """One stage of the Dockerfile, from its FROM line to the next."""
-    dockerfile = (settings.ROOT / "Dockerfile").read_text()
+    dockerfile = (places.ROOT / "Dockerfile").read_text()
     return re.search(rf"^FROM \S+ AS {name}\n.*?(?=^FROM |\Z)", dockerfile, re.M | re.S).group(0)
 
 
@@ -163,16 +163,16 @@ def test_serve_image_binds_every_interface(tmp_path: Path, monkeypatch: pytest.M
     assert "CATSDOGS_BIND_HOST=0.0.0.0" in _stage("runtime")
     monkeypatch.setenv("CATSDOGS_HOME", str(tmp_path))
     monkeypatch.setenv("CATSDOGS_BIND_HOST", "0.0.0.0")
-    for kind in settings.ADDRESS_KINDS:
+    for kind in places.ADDRESS_KINDS:
         monkeypatch.delenv(f"TS_{kind.upper()}_ADDRESS", raising=False)
     env = serve._prepare(None)[1]  # what TorchServe is started with
-    for kind in settings.ADDRESS_KINDS:
-        port = settings.ts_properties()[f"{kind}_address"].rsplit(":", 1)[1]
-        assert settings.address(kind, bind=True) == f"http://0.0.0.0:{port}"
-        assert settings.address(kind) == f"http://127.0.0.1:{port}"  # where clients go
+    for kind in places.ADDRESS_KINDS:
+        port = places.ts_properties()[f"{kind}_address"].rsplit(":", 1)[1]
+        assert places.address(kind, bind=True) == f"http://0.0.0.0:{port}"
+        assert places.address(kind) == f"http://127.0.0.1:{port}"  # where clients go
         assert env[f"TS_{kind.upper()}_ADDRESS"] == f"http://0.0.0.0:{port}"
     monkeypatch.setenv("TS_MANAGEMENT_ADDRESS", "http://127.0.0.1:9081")  # explicit wins
-    assert settings.address("management", bind=True) == "http://127.0.0.1:9081"
+    assert places.address("management", bind=True) == "http://127.0.0.1:9081"
     assert "TS_INFERENCE_ADDRESS" not in compose_config()["services"]["torchserve"].get(
         "environment", {}
     )
@@ -187,14 +187,14 @@ def test_images_install_what_they_run_with() -> None:
     # TorchServe stops a worker with `kill -9` (procps): without it no version can be unregistered
     assert re.search(r"apt-get install[^\n]* procps", runtime)
     # one MLflow version, declared once, for the server and the trainer's client
-    dockerfile = (settings.ROOT / "Dockerfile").read_text()
+    dockerfile = (places.ROOT / "Dockerfile").read_text()
     assert len(re.findall(r"^ARG MLFLOW_VERSION=", dockerfile, re.M)) == 1
     for stage in ("mlflow", "train"):
         assert '"mlflow==${MLFLOW_VERSION}"' in _stage(stage), stage
 
 
 def test_workflow_pushes_the_images_its_stack_test_passed() -> None:
-    workflow = yaml.safe_load((settings.ROOT / ".github" / "workflows" / "ci.yml").read_text())
+    workflow = yaml.safe_load((places.ROOT / ".github" / "workflows" / "ci.yml").read_text())
     jobs = workflow["jobs"]
     assert set(jobs) == {"test", "stack"}  # no job that rebuilds images to publish them
     steps = [step.get("run", "") for step in jobs["stack"]["steps"]]
@@ -216,7 +216,7 @@ def _host_config(**env: str) -> dict:
 def test_the_trainer_reaches_both_torchserve_apis() -> None:
     """deploy asks the management API and `deploy --gate` the inference API: each where torchserve
     binds it, on compose's network and on the host's (where only the port tells them apart)."""
-    props = settings.ts_properties()
+    props = places.ts_properties()
     host = _host_config(CATSDOGS_INFERENCE_PORT="9001")
     assert "torchserve=127.0.0.1" in host["services"]["trainer"]["extra_hosts"]
     for config in (compose_config(), host):

@@ -19,7 +19,7 @@ import torch
 import yaml
 from PIL import Image, ImageEnhance
 
-from catsdogs_pl import preprocessing, servable, settings
+from catsdogs_pl import places, preprocessing, servable
 from catsdogs_pl.data import synthetic
 from catsdogs_pl.data.datamodule import CatsDogsDataModule
 from catsdogs_pl.data.prepare import Settings, read_manifest
@@ -60,7 +60,7 @@ def _version_with_reference(tmp_path: Path) -> tuple[Path, list[bytes]]:
         images, dm.original_sizes("val"), probs, dm.datasets["val"].labels, dm.classes
     )
     folder = servable.export(net, dm.preprocessing, tmp_path / "export", ref)
-    mar = package.build_mar(folder, VERSION, settings.model_store())
+    mar = package.build_mar(folder, VERSION, places.model_store())
     manifest = read_manifest(tmp_path / "prep" / "manifest.csv")
     tests = [(src / r.relpath).read_bytes() for r in manifest if r.split == "test"]
     return mar, tests
@@ -133,7 +133,7 @@ def test_drift_in_and_out_of_distribution(blank_torchserve: Path, tmp_path: Path
             stdout=subprocess.DEVNULL,
         )
         try:
-            url = settings.address("monitor") + "/metrics"
+            url = places.address("monitor") + "/metrics"
             deadline = time.monotonic() + 60
             while True:
                 try:
@@ -156,7 +156,7 @@ def test_drift_in_and_out_of_distribution(blank_torchserve: Path, tmp_path: Path
 
 def _scale(version: str, workers: int) -> None:
     query = f"min_worker={workers}&max_worker={workers}&synchronous=true"
-    path = f"/models/{settings.MODEL_NAME}/{version}?{query}"
+    path = f"/models/{places.MODEL_NAME}/{version}?{query}"
     ts.check(ts.call("management", "PUT", path, timeout=120), f"scale v{version} to {workers}")
 
 
@@ -164,7 +164,7 @@ def test_a_paused_worker_loses_no_statistics_when_scaled_down(served: Path) -> N
     """TorchServe stops a worker by closing its socket and SIGKILLing it milliseconds later: the
     statistics of what it answered are in the metrics once it paused, well inside
     statistics_flush_s, so a scale-down (or an unregister) after that pause loses none."""
-    config = yaml.safe_load(settings.MODEL_CONFIG.read_text())
+    config = yaml.safe_load(places.MODEL_CONFIG.read_text())
     assert config["handler"]["statistics_flush_s"] >= 2 * PAUSE_S
     photos = [image_bytes(i, (64, 48)) for i in range(12)]
     before = monitor.scrape()

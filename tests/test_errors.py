@@ -23,23 +23,23 @@ def closed_port_url() -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def test_run_maps_project_errors_to_2_and_keeps_bugs(capsys: pytest.CaptureFixture) -> None:
+def test_exit_code_maps_project_errors_to_2_and_keeps_bugs(capsys: pytest.CaptureFixture) -> None:
     def fails(argv: list[str] | None) -> int:
         raise errors.MissingError("data/x.zip is missing: download it")
 
-    assert errors.run(fails) == 2
+    assert errors.exit_code(fails) == 2
     assert capsys.readouterr().err == "error: data/x.zip is missing: download it\n"
-    assert errors.run(lambda argv: 3) == 3 and errors.run(lambda argv: None) == 0
+    assert errors.exit_code(lambda argv: 3) == 3 and errors.exit_code(lambda argv: None) == 0
 
     def bug(argv: list[str] | None) -> int:
         raise KeyError("a bug")
 
     with pytest.raises(KeyError, match="a bug"):
-        errors.run(bug)
+        errors.exit_code(bug)
 
 
-def test_every_command_runs_its_main_through_errors_run() -> None:
-    """Each `if __name__ == "__main__":` block calls run(main, ...): one mapping for all."""
+def test_every_command_runs_its_main_through_exit_code() -> None:
+    """Each `if __name__ == "__main__":` block calls exit_code(main, ...): one mapping for all."""
     commands = [
         p for p in (ROOT / "catsdogs_pl").rglob("*.py") if '__name__ == "__main__"' in p.read_text()
     ]
@@ -51,8 +51,27 @@ def test_every_command_runs_its_main_through_errors_run() -> None:
             if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)
         )
         assert ast.unparse(block.body[0]).startswith(
-            ("sys.exit(run(main", "sys.exit(errors.run(main")
+            ("sys.exit(exit_code(main", "sys.exit(errors.exit_code(main")
         ), path
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "one of the arguments --model-version --alias --run-id is required"),
+        (["rollback", "--model-version", "3"], "unrecognized arguments: --model-version 3"),
+        (["--alias", "champion", "list"], "list takes none of --alias"),
+        (["--tolerance", "0.1", "scale", "--workers", "1"], "scale takes none of --gate"),
+    ],
+)
+def test_deploy_reads_one_command_line_whatever_comes_first(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture
+) -> None:
+    """One parser: a subcommand or a version to deploy, never both (it used to pick its parser by
+    whether the first argument started with '-')."""
+    with pytest.raises(SystemExit) as stopped:
+        deploy.main(argv)
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_commands_exit_2_naming_what_to_fix(
@@ -80,7 +99,7 @@ def test_commands_exit_2_naming_what_to_fix(
         ),
     ]
     for main, argv, named in cases:
-        assert errors.run(main, argv) == 2, argv
+        assert errors.exit_code(main, argv) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("error: ") and named in err, (argv, err)
 
@@ -90,5 +109,5 @@ def test_mlflow_server_without_password_exits_2(
 ) -> None:
     for key in ("MLFLOW_BACKEND_STORE_URI", "POSTGRES_PASSWORD"):
         monkeypatch.delenv(key, raising=False)
-    assert errors.run(mlflow_server.main, []) == 2
+    assert errors.exit_code(mlflow_server.main, []) == 2
     assert "POSTGRES_PASSWORD is not set" in capsys.readouterr().err

@@ -14,7 +14,7 @@ import torch
 from mlflow import MlflowClient
 from torchvision.models import get_model
 
-from catsdogs_pl import preprocessing, registry, servable, settings
+from catsdogs_pl import places, preprocessing, registry, servable
 from catsdogs_pl.contracts import Architecture
 from catsdogs_pl.fit import main
 from catsdogs_pl.models.backbone import TorchvisionNet
@@ -102,8 +102,8 @@ def test_finetune_fit_register_package_serve_predict(
         assert (
             run.data.params["net/class"] == "EfficientNetLite0" and "test/acc" in run.data.metrics
         )
-        assert "registered and default now" in deploy.deploy(version=version)
-        mar = settings.find_mar(version)
+        assert "registered and default now" in deploy.deploy_version(version=version)
+        mar = places.find_mar(version)
         with zipfile.ZipFile(mar) as archive:
             architecture = Architecture.from_json(archive.read(Architecture.FILE))
             assert "catsdogs_efficientnet_lite.py" in archive.namelist()
@@ -118,6 +118,6 @@ def test_finetune_fit_register_package_serve_predict(
     finally:
         if version in {e["modelVersion"] for e in ts.describe("all")}:
             deploy._unregister(version)
-        client.delete_model_version(settings.MODEL_NAME, version)
-        for mar in settings.model_store().glob(settings.mar_name(version, "*")):
+        client.delete_model_version(places.MODEL_NAME, version)
+        for mar in places.model_store().glob(places.mar_name(version, "*")):
             mar.unlink()

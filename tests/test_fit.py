@@ -101,7 +101,7 @@ def test_demo_fit_logs_registers_and_exports(fit_args: list[str], tmp_path: Path
     assert run.data.metrics["val/ece"] == pytest.approx(logged.ece)
     with environment({"CATSDOGS_HOME": str(tmp_path / "home")}):
         uri = MlflowSettings(tracking_uri=summary.tracking_uri)
-        _, mar = package.package(summary.version, mlflow=uri)
+        _, mar = package.package_version(summary.version, mlflow=uri)
     assert reference.from_mar(mar) == logged
 
 
@@ -223,7 +223,7 @@ def test_bad_network_arguments_exit_2_with_the_key(
     """As `python -m catsdogs_pl.fit` runs it: `error: ...` and exit 2, no traceback."""
     args = [a for a in fit_args if not a.startswith("--model.net.")]
     args[1] = str(ROOT / "configs" / config)
-    assert errors.run(main, [*args, f"--model.net.init_args.{argument}"]) == 2
+    assert errors.exit_code(main, [*args, f"--model.net.init_args.{argument}"]) == 2
     err = capsys.readouterr().err
     assert f"error: model.net.init_args of {message}" in err and "Traceback" not in err
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from catsdogs_pl import registry, settings
-from catsdogs_pl.errors import ConfigError, MissingError, UnreachableError, run
+from catsdogs_pl import places, registry
+from catsdogs_pl.errors import ConfigError, MissingError, UnreachableError, exit_code
 from catsdogs_pl.serving import deploy, gate
 from catsdogs_pl.serving import torchserve as ts
 from tests.helpers.gate import (
@@ -116,7 +116,7 @@ def gate_setup(
     and model store no longer have the two versions."""
     folder = make_gate_folder(tmp_path_factory.mktemp("gate") / "photos")
     with torchserve.environment():
-        history = settings.deployments_file()
+        history = places.deployments_file()
         before = history.read_text() if history.exists() else None
         versions = register_versions(torchserve.home, [brightness_net(True), brightness_net(False)])
     try:
@@ -134,7 +134,7 @@ def gate_setup(
 def gated(capsys: pytest.CaptureFixture[str], version: str, folder: Path) -> tuple[int, str]:
     """`python -m catsdogs_pl.serving.deploy --model-version N --gate DIR`: (exit code, its last
     line: on stdout when it passed, else on stderr, after MLflow's download progress)."""
-    code = run(deploy.main, ["--model-version", version, "--gate", str(folder)])
+    code = exit_code(deploy.main, ["--model-version", version, "--gate", str(folder)])
     out = capsys.readouterr()
     return code, (out.out if code == 0 else out.err).splitlines()[-1]
 
@@ -142,7 +142,7 @@ def gated(capsys: pytest.CaptureFixture[str], version: str, folder: Path) -> tup
 def recorded(version: str) -> tuple[dict[str, str], dict[str, float], dict[str, str]]:
     """(registry version tags, its run's metrics, its run's tags)."""
     client = MlflowClient(registry.resolve_tracking_uri())
-    found = client.get_model_version(settings.MODEL_NAME, version)
+    found = client.get_model_version(places.MODEL_NAME, version)
     data = client.get_run(found.run_id).data
     return found.tags, data.metrics, data.tags
 
@@ -178,8 +178,10 @@ def test_gate_refuses_a_worse_version_and_leaves_the_server_as_it_was(
     good, bad, folder = gate_setup
     client = MlflowClient(registry.resolve_tracking_uri())
     if "default_since" in recorded(good)[0]:  # set by an earlier test: this deploy must set it
-        client.delete_model_version_tag(settings.MODEL_NAME, good, "default_since")
-    assert deploy.deploy(version=good).endswith("default now (was v1)")  # a deploy without gate
+        client.delete_model_version_tag(places.MODEL_NAME, good, "default_since")
+    assert deploy.deploy_version(version=good).endswith(
+        "default now (was v1)"
+    )  # a deploy without gate
     assert "default_since" in recorded(good)[0]
     before = {e["modelVersion"] for e in ts.describe("all")}
     code, message = gated(capsys, bad, folder)
@@ -191,7 +193,7 @@ def test_gate_refuses_a_worse_version_and_leaves_the_server_as_it_was(
     )
     assert ts.default_version() == good
     assert {e["modelVersion"] for e in ts.describe("all")} == before
-    assert not list(settings.model_store().glob(settings.mar_name(bad, "*")))  # packaged, removed
+    assert not list(places.model_store().glob(places.mar_name(bad, "*")))  # packaged, removed
     tags, metrics, _ = recorded(bad)
     assert tags["gate_passed"] == "false" and "default_since" not in tags
     assert (tags["gate_acc"], tags["gate_baseline_acc"]) == ("0.000000", "1.000000")
@@ -235,7 +237,7 @@ def test_an_unreachable_inference_api_records_nothing(
     score, so it says where it asked, and neither the registry nor the server changes."""
     good, _, folder = gate_setup
     client = MlflowClient(registry.resolve_tracking_uri())
-    run_id = client.get_model_version(settings.MODEL_NAME, good).run_id
+    run_id = client.get_model_version(places.MODEL_NAME, good).run_id
     before = recorded(good), len(client.get_metric_history(run_id, "serving/acc"))
     served_before = {e["modelVersion"] for e in ts.describe("all")}
     address = f"http://127.0.0.1:{free_ports(1)[0]}"

@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 import yaml
 
-from catsdogs_pl import settings
+from catsdogs_pl import places
 from tests.helpers.deployment import COMPOSE_FILE, compose_config, tool
 
-K8S = settings.ROOT / "k8s"
+K8S = places.ROOT / "k8s"
 OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if p.is_dir())
 INFERENCE_PORT = 8080
 MANAGEMENT_PORT = 8081
@@ -285,7 +285,7 @@ def missing_config_files(objects: Objects) -> list[str]:
     for obj in objects:
         for text in strings(obj):
             for path in re.findall(r"/app/[\w./-]+", text):
-                if not (settings.ROOT / path.removeprefix("/app/")).exists():
+                if not (places.ROOT / path.removeprefix("/app/")).exists():
                     found.append(
                         f"{obj['kind']}/{obj['metadata']['name']}: {path} is not in the repo"
                     )
@@ -478,7 +478,7 @@ def test_every_referenced_secret_is_created_in_the_readme(rendered: dict[str, Ob
 
 
 def test_prod_pins_the_project_version(rendered: dict[str, Objects]) -> None:
-    version = re.search(r'^version = "(.+)"', (settings.ROOT / "pyproject.toml").read_text(), re.M)
+    version = re.search(r'^version = "(.+)"', (places.ROOT / "pyproject.toml").read_text(), re.M)
     for obj in workloads(rendered["prod"]):
         for where, c in containers(obj):
             assert c["image"].endswith(f":{version.group(1)}"), where

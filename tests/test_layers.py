@@ -12,11 +12,11 @@ from catsdogs_pl import servable
 PACKAGE = Path(__file__).resolve().parents[1] / "catsdogs_pl"
 LAYERS = [  # lowest first; a module is in the first layer one of whose prefixes it matches
     (
-        "foundation: errors, paths and ports, config, the contract files, preprocessing, "
+        "foundation: errors, state folder and ports, config, the contract files, preprocessing, "
         "statistics, metrics over HTTP",
         [
             "errors",
-            "settings",
+            "places",
             "config",
             "contracts",
             "preprocessing",

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from catsdogs_pl import errors, prometheus, registry, settings
+from catsdogs_pl import errors, places, prometheus, registry
 from catsdogs_pl.registry import MlflowSettings
 from catsdogs_pl.serving import deploy, package, serve
 from catsdogs_pl.serving import torchserve as ts
@@ -36,11 +36,11 @@ def _store(tmp_path: Path, name: str, seeds: list[int]) -> MlflowSettings:
 
 def _served_identity(version: str) -> package.Identity | None:
     (entry,) = ts.describe(version)
-    return package.read_identity(settings.model_store() / entry["modelUrl"])
+    return package.read_identity(places.model_store() / entry["modelUrl"])
 
 
 def _cleanup_store_archives(keep: set[Path]) -> None:
-    for mar in settings.model_store().glob("*.mar"):
+    for mar in places.model_store().glob("*.mar"):
         if mar not in keep:
             mar.unlink()
 
@@ -51,8 +51,8 @@ def _cleanup_store_archives(keep: set[Path]) -> None:
 def test_package_rebuilds_when_the_identity_differs(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("CATSDOGS_HOME", str(tmp_path / "home"))
     first, second = _store(tmp_path, "a", [1]), _store(tmp_path, "b", [2])
-    version_a, mar_a = package.package("1", mlflow=first)
-    version_b, mar_b = package.package("1", mlflow=second)
+    version_a, mar_a = package.package_version("1", mlflow=first)
+    version_b, mar_b = package.package_version("1", mlflow=second)
     assert version_a == version_b == "1" and mar_a != mar_b  # "v1" of two stores: two archives
     run_a = MlflowClient(first.tracking_uri).get_model_version("catsdogs", "1").run_id
     run_b = MlflowClient(second.tracking_uri).get_model_version("catsdogs", "1").run_id
@@ -60,17 +60,17 @@ def test_package_rebuilds_when_the_identity_differs(tmp_path: Path, monkeypatch)
     assert (identity_a.run_id, identity_b.run_id) == (run_a, run_b)
     assert identity_a.weights_sha256 != identity_b.weights_sha256
     assert identity_a.registered_model == "catsdogs" and identity_a.version == "1"
-    assert mar_a.name == settings.mar_name("1", identity_a.key)
+    assert mar_a.name == places.mar_name("1", identity_a.key)
     stamp = mar_a.stat().st_mtime_ns
-    assert package.package("1", mlflow=first)[1] == mar_a  # the same identity: reused
+    assert package.package_version("1", mlflow=first)[1] == mar_a  # the same identity: reused
     assert mar_a.stat().st_mtime_ns == stamp
 
 
 def _append_entries(worker: int, count: int) -> None:
     for i in range(count):
-        with settings.locked("deployments"):
-            history = settings.deployment_history()
-            settings.save_deployment_history([*history, f"catsdogs_v{worker}-{i}.mar"])
+        with places.locked("deployments"):
+            history = places.deployment_history()
+            places.save_deployment_history([*history, f"catsdogs_v{worker}-{i}.mar"])
 
 
 def test_deployment_history_concurrent_writers_lose_nothing(tmp_path: Path, monkeypatch) -> None:
@@ -84,30 +84,30 @@ def test_deployment_history_concurrent_writers_lose_nothing(tmp_path: Path, monk
     for w in workers:
         w.join(60)
     assert all(w.exitcode == 0 for w in workers)
-    assert len(settings.deployment_history()) == 100
+    assert len(places.deployment_history()) == 100
     assert not list(tmp_path.glob(".deployments.json.*.tmp"))
 
 
 def test_deployment_history_survives_a_crash_mid_write(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("CATSDOGS_HOME", str(tmp_path))
-    settings.save_deployment_history(["catsdogs_v1-a.mar"])
+    places.save_deployment_history(["catsdogs_v1-a.mar"])
 
     def crash(*args: object) -> None:
         raise OSError("disk gone mid-write")
 
     monkeypatch.setattr("os.replace", crash)
     with pytest.raises(OSError):
-        settings.save_deployment_history(["catsdogs_v1-a.mar", "catsdogs_v2-b.mar"])
-    assert settings.deployment_history() == ["catsdogs_v1-a.mar"]
+        places.save_deployment_history(["catsdogs_v1-a.mar", "catsdogs_v2-b.mar"])
+    assert places.deployment_history() == ["catsdogs_v1-a.mar"]
 
 
 def test_unreadable_history_is_named_and_serve_run_starts_anyway(
     tmp_path: Path, monkeypatch, capsys
 ) -> None:
     monkeypatch.setenv("CATSDOGS_HOME", str(tmp_path))
-    settings.deployments_file().write_text('["catsdogs_v1-a.m')  # what a torn write looked like
+    places.deployments_file().write_text('["catsdogs_v1-a.m')  # what a torn write looked like
     with pytest.raises(errors.ConfigError, match="deployments.json"):
-        settings.deployment_history()
+        places.deployment_history()
     started = {}
 
     class Server:  # TorchServe's launcher, not started here
@@ -126,7 +126,7 @@ def test_unreadable_history_is_named_and_serve_run_starts_anyway(
 
 
 def test_scale_to_zero_workers_is_refused_at_once(capsys) -> None:
-    assert errors.run(deploy.main, ["scale", "--workers", "0"]) == 2
+    assert errors.exit_code(deploy.main, ["scale", "--workers", "0"]) == 2
     assert "--workers 0: at least 1" in capsys.readouterr().err
 
 
@@ -186,19 +186,19 @@ def test_the_same_version_from_another_store_is_served_as_itself(
 ) -> None:
     image = tmp_path / "x.jpg"
     image.write_bytes(image_bytes(4, (90, 70)))
-    keep = {*settings.model_store().glob("*.mar"), package.package("1")[1]}
-    deploy.deploy(version="1")
+    keep = {*places.model_store().glob("*.mar"), package.package_version("1")[1]}
+    deploy.deploy_version(version="1")
     ours = predict(image)[1]["probabilities"]
     other = _store(tmp_path, "other", [7])
     try:
-        message = deploy.deploy(version="1", mlflow=other)
+        message = deploy.deploy_version(version="1", mlflow=other)
         assert "v1: registered and default now" in message, message
         run_b = MlflowClient(other.tracking_uri).get_model_version("catsdogs", "1").run_id
         assert _served_identity("1").run_id == run_b
         status, answer = predict(image)
         assert status == 200 and answer["model_version"] == "1"
         assert answer["probabilities"] != ours  # the other store's weights answer now
-        deploy.deploy(version="1")  # and back: the session store's v1 again
+        deploy.deploy_version(version="1")  # and back: the session store's v1 again
         assert predict(image)[1]["probabilities"] == ours
     finally:
         _cleanup_store_archives(keep)
@@ -212,7 +212,7 @@ def test_ten_deploys_keep_the_registered_versions_bounded(
     per_version = []
     try:
         for version in range(1, 11):
-            deploy.deploy(version=str(version), mlflow=many)
+            deploy.deploy_version(version=str(version), mlflow=many)
             per_version.append(sum(len(e["workers"]) for e in ts.describe("all")))
         registered = sorted(int(e["modelVersion"]) for e in ts.describe("all"))
         listing = deploy.listing()
@@ -222,7 +222,7 @@ def test_ten_deploys_keep_the_registered_versions_bounded(
         assert max(per_version) <= (deploy.KEEP + 1) * workers
         assert "* v10" in listing and "  v9 " in listing
         assert "  v8  catsdogs_v8-" in listing and "retired (archive kept)" in listing
-        assert len(list(settings.model_store().glob("catsdogs_v*-*.mar"))) == 10  # none deleted
+        assert len(list(places.model_store().glob("catsdogs_v*-*.mar"))) == 10  # none deleted
         deploy.rollback(many)
         deploy.rollback(many)  # v8 was retired: registered again from its archive
         assert ts.default_version() == "8"
@@ -233,13 +233,13 @@ def test_ten_deploys_keep_the_registered_versions_bounded(
 
 @java
 def test_one_deploy_over_many_pods_is_one_history_entry(blank_torchserve: Path) -> None:
-    deploy.deploy(version="1")
-    deploy.deploy(version="2")
+    deploy.deploy_version(version="1")
+    deploy.deploy_version(version="2")
     # the K8s Job deploys to each pod in turn: the next pod (here the same server set back)
     # still serves v1 when v2 reaches it
     deploy._set_default("1")
-    deploy.deploy(version="2")
-    history = [settings.archive_version(e) for e in settings.deployment_history()]
+    deploy.deploy_version(version="2")
+    history = [places.archive_version(e) for e in places.deployment_history()]
     assert history == ["1", "2"]
     assert "rolled back from v2 to v1" in deploy.rollback()
     with pytest.raises(ts.TorchServeError, match="nothing to roll back to"):
@@ -248,8 +248,8 @@ def test_one_deploy_over_many_pods_is_one_history_entry(blank_torchserve: Path) 
 
 @java
 def test_rollback_moves_the_default_tags(blank_torchserve: Path) -> None:
-    deploy.deploy(version="1")
-    deploy.deploy(version="2")
+    deploy.deploy_version(version="1")
+    deploy.deploy_version(version="2")
     deploy.rollback()
     client = MlflowClient(registry.resolve_tracking_uri())
     one = client.get_model_version("catsdogs", "1").tags

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from catsdogs_pl import registry, settings
+from catsdogs_pl import places, registry
 from catsdogs_pl.contracts import Reference
 from catsdogs_pl.monitoring import drift, monitor, reference, stats
 
@@ -59,10 +59,10 @@ def test_an_unreadable_archive_skips_its_version_for_one_round(
 ) -> None:
     ref = _reference()
     monkeypatch.setattr(monitor, "scrape", lambda: _window(VERSION, ref))
-    mar = settings.model_store() / settings.mar_name(VERSION, "0a1b2c3d4e5f")
+    mar = places.model_store() / places.mar_name(VERSION, "0a1b2c3d4e5f")
     mar.parent.mkdir(parents=True)
     if fault == "gone":  # listed, then removed before it was opened
-        monkeypatch.setattr(settings, "find_mar", lambda version: mar)
+        monkeypatch.setattr(places, "find_mar", lambda version: mar)
     else:
         mar.write_bytes(b"PK\x03\x04 not yet" if fault == "not a zip" else _archive(ref)[:15_000])
     rounds = monitor.Monitor(None, 0)
@@ -90,7 +90,7 @@ def _register(client: MlflowClient, experiment: str, files: dict[str, str]) -> s
     for name, text in files.items():
         client.log_text(run_id, text, f"servable/{name}")
     tags = {"dataset_version": "d", "test/acc": "0.5"}
-    registered = registry.register(client, settings.MODEL_NAME, "servable", run_id, tags, "t")
+    registered = registry.register(client, places.MODEL_NAME, "servable", run_id, tags, "t")
     return str(registered.version)
 
 
@@ -105,7 +105,7 @@ def test_without_an_archive_the_reference_comes_from_the_registry(home: Path) ->
     window = _window(with_reference, ref)
     for other in (without, "5"):  # "5": not registered
         window.buckets.update(_window(other, ref).buckets)
-    assert not settings.model_store().exists()
+    assert not places.model_store().exists()
 
     found = {c.version: c for c in monitor.compare(window)}
     counts = window.counts(with_reference)

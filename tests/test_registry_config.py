@@ -33,7 +33,7 @@ def test_package_reads_the_registered_model_from_the_config(
     assert len(list((tmp_path / "home" / "model-store").glob("catsdogs_v1-*.mar"))) == 1
     # the shipped configs name `catsdogs`, which this registry does not have
     with pytest.raises(registry.NotRegisteredError, match="registered model 'catsdogs'"):
-        package.package("1", mlflow=MlflowSettings(tracking_uri=uri))
+        package.package_version("1", mlflow=MlflowSettings(tracking_uri=uri))
 
 
 def test_config_with_an_unknown_mlflow_key_is_refused(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 
 from catsdogs_pl import preprocessing, registry, servable
 from catsdogs_pl.data.prepare import Settings, prepare, read_manifest
-from catsdogs_pl.errors import ConfigError, MissingError, run
+from catsdogs_pl.errors import ConfigError, MissingError, exit_code
 from catsdogs_pl.training import robustness
 from tests.helpers.images import image_bytes, make_class_folders
 from tests.helpers.serving import make_export
@@ -158,5 +158,5 @@ def test_missing_prepared_data_names_the_prepare_command(
     argv = ["--model-version", "1", "--config", str(config), "--data-dir", str(tmp_path / "no")]
     with pytest.raises(MissingError, match="python -m catsdogs_pl.data prepare"):
         robustness.main(argv)
-    assert run(robustness.main, argv) == 2
+    assert exit_code(robustness.main, argv) == 2
     assert capsys.readouterr().err.splitlines()[-1].startswith("error: ")

@@ -31,13 +31,13 @@ def send(data: bytes, content_type: str = "application/octet-stream") -> ts.Resp
 
 
 def test_versions_predict_default_and_rollback(blank_torchserve: Path, tmp_path: Path) -> None:
-    assert "registered and default now (was none)" in deploy.deploy(version="1")
+    assert "registered and default now (was none)" in deploy.deploy_version(version="1")
     image = tmp_path / "x.jpg"
     image.write_bytes(image_bytes(5, (90, 70)))
     status, answer = predict(image)
     assert status == 200 and answer["model_version"] == "1" and answer["label"] in ("cat", "dog")
 
-    assert "default now (was v1)" in deploy.deploy(version="2")
+    assert "default now (was v1)" in deploy.deploy_version(version="2")
     assert predict(image)[1]["model_version"] == "2"
     one, two = predict(image, version="1")[1], predict(image, version="2")[1]
     assert one["model_version"] == "1" and two["model_version"] == "2"
@@ -51,8 +51,8 @@ def test_versions_predict_default_and_rollback(blank_torchserve: Path, tmp_path:
 
 
 def test_handler_metrics_name_the_version_that_answered(blank_torchserve: Path) -> None:
-    deploy.deploy(version="1")
-    deploy.deploy(version="2")  # the default: /predictions/catsdogs is answered by v2
+    deploy.deploy_version(version="1")
+    deploy.deploy_version(version="2")  # the default: /predictions/catsdogs is answered by v2
     assert send(image_bytes(11, (64, 64))).status == 200
     path = "/predictions/catsdogs/1"
     octet = {"Content-Type": "application/octet-stream"}
@@ -69,8 +69,8 @@ def test_handler_metrics_name_the_version_that_answered(blank_torchserve: Path) 
 
 
 def test_rollback_after_a_restart(blank_torchserve: Path, tmp_path: Path) -> None:
-    deploy.deploy(version="1")
-    deploy.deploy(version="2")
+    deploy.deploy_version(version="1")
+    deploy.deploy_version(version="2")
     serve.stop()  # what a container restart does: `serve run` registers only the last default
     serve.start(serve.last_deployed())
     assert [e["modelVersion"] for e in ts.describe("all")] == ["2"]

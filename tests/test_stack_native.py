@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from catsdogs_pl import settings
+from catsdogs_pl import places
 from catsdogs_pl.serving import serve
 from catsdogs_pl.serving import torchserve as ts
 from tests.helpers.deployment import compose_config, native, run_smoke
@@ -23,8 +23,8 @@ from tests.helpers.serving import state_folder
 
 # where each TorchServe address listens inside the torchserve container (config.properties)
 CONTAINER_PORTS = {
-    kind: settings.ts_properties()[f"{kind}_address"].rsplit(":", 1)[1]
-    for kind in settings.ADDRESS_KINDS
+    kind: places.ts_properties()[f"{kind}_address"].rsplit(":", 1)[1]
+    for kind in places.ADDRESS_KINDS
 }
 
 pytestmark = [
@@ -74,11 +74,11 @@ def test_compose_services_natively(tmp_path: Path, state: tuple[Path, dict]) -> 
     mapping = {
         "0.0.0.0": "127.0.0.1",
         "/mlartifacts": str(tmp_path / "mlartifacts"),
-        "/app/": f"{settings.ROOT}/",
+        "/app/": f"{places.ROOT}/",
         "mlflow:5000": f"127.0.0.1:{port}",
         "--port=5000": f"--port={port}",
         **{
-            f"torchserve:{container_port}": settings.address(kind).removeprefix("http://")
+            f"torchserve:{container_port}": places.address(kind).removeprefix("http://")
             for kind, container_port in CONTAINER_PORTS.items()
         },
     }
@@ -105,12 +105,12 @@ def test_compose_services_natively(tmp_path: Path, state: tuple[Path, dict]) -> 
     torchserve = start_torchserve()
     try:
         _wait_http(f"http://127.0.0.1:{port}/health", mlflow, mlflow_log)
-        _wait_http(settings.address("worker_metrics") + "/metrics", torchserve, ts_log)
+        _wait_http(places.address("worker_metrics") + "/metrics", torchserve, ts_log)
         assert not serve.ready()[0]  # up, but nothing deployed: the health check says unhealthy
 
         cmd, env = native(services["trainer"], mapping, CATSDOGS_HOME=str(home))
         assert env["MLFLOW_TRACKING_URI"] == f"http://127.0.0.1:{port}"
-        assert env["TS_MANAGEMENT_ADDRESS"] == settings.address("management")
+        assert env["TS_MANAGEMENT_ADDRESS"] == places.address("management")
         trainer = subprocess.run(
             cmd, cwd=work, env=env, capture_output=True, text=True, timeout=900
         )
@@ -123,12 +123,12 @@ def test_compose_services_natively(tmp_path: Path, state: tuple[Path, dict]) -> 
 
         # the registry and the artifacts live behind the MLflow server, not in the trainer
         client = MlflowClient(f"http://127.0.0.1:{port}")
-        version = client.get_model_version(settings.MODEL_NAME, "1")
+        version = client.get_model_version(places.MODEL_NAME, "1")
         assert client.get_run(version.run_id).info.status == "FINISHED"
         assert any((tmp_path / "mlartifacts").rglob("weights.pt"))
         assert not (work / "mlruns").exists() and not (home / "mlflow.db").exists()
         # Prometheus' second target: READY workers per version, and the latency histogram
-        workers = urllib.request.urlopen(settings.address("worker_metrics") + "/metrics").read()
+        workers = urllib.request.urlopen(places.address("worker_metrics") + "/metrics").read()
         assert b'catsdogs_ready_workers{model_version="1",default="true"} 2' in workers
         deadline = time.monotonic() + 30  # the frontend reads handler metrics from worker logs
         while (

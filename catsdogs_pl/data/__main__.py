@@ -10,7 +10,7 @@ from pathlib import Path
 from catsdogs_pl import config
 from catsdogs_pl.data import download, synthetic
 from catsdogs_pl.data.prepare import Settings, prepare, report
-from catsdogs_pl.errors import run
+from catsdogs_pl.errors import exit_code
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,4 +53,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(main))
+    sys.exit(exit_code(main))

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from catsdogs_pl import errors, prometheus, settings
+from catsdogs_pl import errors, places, prometheus
 from catsdogs_pl.contracts import Reference
 from catsdogs_pl.monitoring import drift, reference, stats
 
@@ -102,7 +102,7 @@ def parse(text: str) -> Window:
 
 def scrape(url: str | None = None) -> Window:
     """One scrape of TorchServe's metrics endpoint (no token on that port)."""
-    url = url or settings.address("metrics") + "/metrics"
+    url = url or places.address("metrics") + "/metrics"
     try:
         with urllib.request.urlopen(url, timeout=10) as response:
             return parse(response.read().decode())
@@ -145,12 +145,12 @@ def load_reference(version: str) -> Reference | None:
     """The reference of `version` (None: it was exported without one): from its newest archive in
     the model store, else from the registry. ReferenceUnavailable when it cannot be read now."""
     try:
-        mar = settings.find_mar(version)
+        mar = places.find_mar(version)
         if mar is not None:
             return reference.from_mar(mar)
     except _UNREADABLE as exc:
         raise ReferenceUnavailable(
-            f"the archive of v{version} in {settings.model_store()} is unreadable "
+            f"the archive of v{version} in {places.model_store()} is unreadable "
             f"({type(exc).__name__}: {exc}); if `package --force` is rewriting it, it is read "
             f"again next round, else package v{version} again with --force"
         ) from exc
@@ -161,7 +161,7 @@ def _registry_reference(version: str) -> Reference | None:
     """`servable/reference.json` of the run of registered `version` (None: it has none), in the
     registry of the fit config as package and deploy find it: for a monitor without the model
     store."""
-    where = f"no archive of v{version} in {settings.model_store()}"
+    where = f"no archive of v{version} in {places.model_store()}"
     try:
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
@@ -230,7 +230,7 @@ class Monitor:
         return comparisons
 
 
-def _describe(args: argparse.Namespace) -> str:
+def _window_text(args: argparse.Namespace) -> str:
     where = f"Prometheus {args.prometheus}" if args.prometheus else "TorchServe's metrics port"
     span = f"last {args.window} s" if args.window else "since TorchServe started"
     return f"{span}, from {where}"
@@ -259,14 +259,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.window and not args.prometheus:  # natively: a second scrape, a window later
             time.sleep(args.window)
             comparisons = monitor.run_once()
-        print(drift.report(comparisons, _describe(args)))
+        print(drift.report(comparisons, _window_text(args)))
         return 0
     prometheus.expose("monitor", lambda: monitor.latest)
-    print(f"monitor: gauges at {settings.address('monitor')}/metrics", flush=True)
+    print(f"monitor: gauges at {places.address('monitor')}/metrics", flush=True)
     stop = threading.Event()
     while not stop.is_set():
         try:
-            print(drift.report(monitor.run_once(), _describe(args)), flush=True)
+            print(drift.report(monitor.run_once(), _window_text(args)), flush=True)
         except errors.UnreachableError as exc:
             print(f"monitor: {exc}", file=sys.stderr, flush=True)
         stop.wait(args.interval)
@@ -274,4 +274,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(errors.run(main, sys.argv[1:]))
+    sys.exit(errors.exit_code(main, sys.argv[1:]))

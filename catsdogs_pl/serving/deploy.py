@@ -30,18 +30,18 @@ from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 
-from catsdogs_pl import registry, settings
-from catsdogs_pl.errors import CatsDogsError, ConfigError, run
+from catsdogs_pl import places, registry
+from catsdogs_pl.errors import CatsDogsError, ConfigError, exit_code
 from catsdogs_pl.registry import MlflowSettings
 from catsdogs_pl.serving import gate
 from catsdogs_pl.serving import torchserve as ts
-from catsdogs_pl.serving.package import package
+from catsdogs_pl.serving.package import package_version
 
 KEEP = 1  # previous defaults that stay registered with workers, for an instant rollback
 
 
 def _set_default(version: str) -> None:
-    path = f"/models/{settings.MODEL_NAME}/{version}/set-default"
+    path = f"/models/{places.MODEL_NAME}/{version}/set-default"
     ts.check(ts.call("management", "PUT", path), f"set-default v{version}")
 
 
@@ -71,10 +71,10 @@ def _register(version: str, mar: Path) -> bool:
             _set_default(others[-1])  # TorchServe refuses to unregister a default with company
         _unregister(version)
     query = urllib.parse.urlencode(
-        {"url": mar.name, "model_name": settings.MODEL_NAME, "synchronous": "true"}
+        {"url": mar.name, "model_name": places.MODEL_NAME, "synchronous": "true"}
     )
     response = ts.call("management", "POST", f"/models?{query}", timeout=300)
-    logs = settings.home() / "logs" / "model_log.log"  # a broken archive's traceback is there
+    logs = places.home() / "logs" / "model_log.log"  # a broken archive's traceback is there
     ts.check(response, f"register {mar} (the workers' errors: {logs})")
     ts.wait_ready(version)
     return True
@@ -84,7 +84,7 @@ def _unregister(version: str, tries: int = 3) -> None:
     """DELETE the version. TorchServe 0.12 sometimes answers 500 "Interrupted while cleaning
     resources" (seen under load in the chaos test), the version gone or not: what counts is
     whether it is still registered, and a second DELETE usually succeeds."""
-    path = f"/models/{settings.MODEL_NAME}/{version}"
+    path = f"/models/{places.MODEL_NAME}/{version}"
     for attempt in range(tries):
         response = ts.call("management", "DELETE", path, timeout=120)
         if response.status < 500 or version not in _registered():
@@ -101,7 +101,7 @@ def _retire(history: list[str], keep: int) -> list[str]:
     default = ts.default_version()
     kept = [default]
     for entry in reversed(history):
-        version = settings.archive_version(entry)
+        version = places.archive_version(entry)
         if len(kept) > keep:
             break
         if version not in kept:
@@ -141,16 +141,16 @@ def _make_default(
     """set-default, the history rollback walks back through (`previous`: the archive that was the
     default), the retired versions and the registry tags, under the state folder's lock (two
     deploys at once keep both entries); says what changed."""
-    with settings.locked("deployments"):
+    with places.locked("deployments"):
         _set_default(version)
-        history = settings.deployment_history()
+        history = places.deployment_history()
         if not history or history[-1] != mar.name:  # one deploy over many pods is one entry
             if previous and (not history or history[-1] != previous):
                 history.append(previous)  # the server had a default this file did not know about
             history.append(mar.name)
-            settings.save_deployment_history(history)
+            places.save_deployment_history(history)
         retired = _retire(history, keep)
-    was = settings.archive_version(previous) if previous else None
+    was = places.archive_version(previous) if previous else None
     tags = _tag_default(mlflow, version, was)
     action = "registered and " if registered else ""
     gone = f"; retired {', '.join('v' + v for v in retired)} (archives kept)" if retired else ""
@@ -159,7 +159,7 @@ def _make_default(
     )
 
 
-def deploy(
+def deploy_version(
     version: str | None = None,
     alias: str | None = None,
     run_id: str | None = None,
@@ -170,7 +170,7 @@ def deploy(
     model (default: the fit config's), keeping `keep` previous defaults registered; says what
     changed."""
     mlflow = mlflow or MlflowSettings.from_config()
-    version, mar = package(version, alias, run_id, mlflow=mlflow)
+    version, mar = package_version(version, alias, run_id, mlflow=mlflow)
     previous = _default_archive()
     registered = _register(version, mar)
     return _make_default(version, mar, previous, registered, mlflow, keep)
@@ -192,14 +192,14 @@ def deploy_gated(
     if not 0.0 <= tolerance <= 1.0:
         raise ConfigError(f"--tolerance {tolerance}: an accuracy difference, from 0 to 1")
     mlflow = mlflow or MlflowSettings.from_config()
-    archives = set(settings.model_store().glob("*.mar"))
-    version, mar = package(version, alias, run_id, mlflow=mlflow)
+    archives = set(places.model_store().glob("*.mar"))
+    version, mar = package_version(version, alias, run_id, mlflow=mlflow)
     photos = gate.load_photos(folder, gate.archive_classes(mar))
     previous = _default_archive()
     registered = _register(version, mar)  # beside the default, which TorchServe keeps
     passed = False
     try:
-        baseline_version = settings.archive_version(previous) if previous else None
+        baseline_version = places.archive_version(previous) if previous else None
         candidate = gate.score(version, photos)
         baseline = gate.score(baseline_version, photos) if baseline_version else None
         passed = gate.passes(candidate, baseline, tolerance)
@@ -222,8 +222,8 @@ def deploy_gated(
 def rollback(mlflow: MlflowSettings | None = None, keep: int = KEEP) -> str:
     """The previous default of deployments.json again (re-registered from its archive when it was
     retired or the server restarted); the tags move with it."""
-    with settings.locked("deployments"):
-        history = settings.deployment_history()
+    with places.locked("deployments"):
+        history = places.deployment_history()
         current = _default_archive()
         if current and history and history[-1] != current:
             history.append(current)
@@ -232,18 +232,18 @@ def rollback(mlflow: MlflowSettings | None = None, keep: int = KEEP) -> str:
                 "nothing to roll back to: only one version was ever the default"
             )
         history.pop()
-        mar = settings.find_mar(history[-1])
+        mar = places.find_mar(history[-1])
         if mar is None:
             raise ts.TorchServeError(
-                f"cannot roll back to {history[-1]}: it is not in {settings.model_store()}; "
+                f"cannot roll back to {history[-1]}: it is not in {places.model_store()}; "
                 "deploy that version again"
             )
-        target = settings.archive_version(mar.name)
+        target = places.archive_version(mar.name)
         _register(target, mar)
         _set_default(target)
-        settings.save_deployment_history(history)
+        places.save_deployment_history(history)
         _retire([*history, current] if current else history, keep)  # the one it left is recent
-    was = settings.archive_version(current) if current else None
+    was = places.archive_version(current) if current else None
     tags = _tag_default(mlflow or MlflowSettings.from_config(), target, was)
     return f"catsdogs: default rolled back from v{was} to v{target}{tags}"
 
@@ -257,7 +257,7 @@ def scale(workers: int) -> str:
     query = urllib.parse.urlencode(
         {"min_worker": workers, "max_worker": workers, "synchronous": "true"}
     )
-    path = f"/models/{settings.MODEL_NAME}?{query}"
+    path = f"/models/{places.MODEL_NAME}?{query}"
     ts.check(ts.call("management", "PUT", path, timeout=300), f"scale to {workers}")
     entry = ts.wait_ready()
     return f"catsdogs v{entry['modelVersion']} (default): {ts.ready_workers(entry)} workers READY"
@@ -276,10 +276,10 @@ def listing() -> str:
             f"{ts.ready_workers(entry)}/{len(entry.get('workers', []))} workers READY"
         )
     served = {e["modelUrl"] for e in entries}
-    retired = dict.fromkeys(e for e in settings.deployment_history() if e not in served)
+    retired = dict.fromkeys(e for e in places.deployment_history() if e not in served)
     for entry in retired:
-        where = "archive kept" if settings.find_mar(entry) else "archive missing"
-        lines.append(f"  v{settings.archive_version(entry)}  {entry}  retired ({where})")
+        where = "archive kept" if places.find_mar(entry) else "archive missing"
+        lines.append(f"  v{places.archive_version(entry)}  {entry}  retired ({where})")
     return "\n".join(lines) or "no catsdogs version is registered"
 
 
@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.keep < 0:
         parser.error(f"--keep {args.keep}: 0 or more previous versions")
     if args.command == "rollback":
-        print(rollback(registry.mlflow_settings(args), args.keep))
+        print(rollback(registry.store_of(args), args.keep))
     elif args.command == "list":
         print(listing())
     elif args.command == "scale":
@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
             args.model_version,
             args.alias,
             args.run_id,
-            registry.mlflow_settings(args),
+            registry.store_of(args),
             args.keep,
         )
         print(message, file=sys.stdout if passed else sys.stderr)
@@ -349,11 +349,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--tolerance goes with --gate DIR")
     else:
         print(
-            deploy(
+            deploy_version(
                 args.model_version,
                 args.alias,
                 args.run_id,
-                registry.mlflow_settings(args),
+                registry.store_of(args),
                 args.keep,
             )
         )
@@ -361,4 +361,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(main, sys.argv[1:]))
+    sys.exit(exit_code(main, sys.argv[1:]))

@@ -15,11 +15,11 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from catsdogs_pl import registry, settings
+from catsdogs_pl import places, registry
 from catsdogs_pl.contracts import Preprocessing
 from catsdogs_pl.errors import ConfigError, MissingError, UnreachableError
 from catsdogs_pl.serving import torchserve as ts
-from catsdogs_pl.serving.predict import describe, predict
+from catsdogs_pl.serving.predict import answer_line, predict
 
 EPSILON = 1e-9  # accuracies are ratios of counts: equal figures must not fail on rounding
 
@@ -99,7 +99,7 @@ def score(version: str, photos: Photos) -> Score:
             unanswered += 1
             continue
         if status != 200 or not isinstance(answer, dict) or "label" not in answer:
-            result.failures.append(describe(name, status, answer)[:300])
+            result.failures.append(answer_line(name, status, answer)[:300])
             continue
         result.correct += answer["label"] == label
     return result
@@ -120,7 +120,7 @@ def _unreachable(version: str, exc: ts.TorchServeError) -> UnreachableError:
     """The error that ends a gate which could not score `version`, naming the address asked."""
     return UnreachableError(
         f"gate: no answer to v{version}'s requests from TorchServe's inference API at "
-        f"{settings.address('inference')} ({exc}); set TS_INFERENCE_ADDRESS to where it listens. "
+        f"{places.address('inference')} ({exc}); set TS_INFERENCE_ADDRESS to where it listens. "
         "Nothing recorded"
     )
 

@@ -23,10 +23,10 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from catsdogs_pl import registry, servable, settings
-from catsdogs_pl.errors import CatsDogsError, run
+from catsdogs_pl import places, registry, servable
+from catsdogs_pl.errors import CatsDogsError, exit_code
 
-CODE = settings.ROOT / "catsdogs_pl"
+CODE = places.ROOT / "catsdogs_pl"
 SOURCES = {  # file shipped in the .mar -> where it comes from; the handler imports these names
     "catsdogs_servable.py": CODE / "servable.py",
     "catsdogs_contracts.py": CODE / "contracts.py",
@@ -72,8 +72,8 @@ def stage(export_dir: Path, out: Path) -> Path:
         shutil.copy(export_dir / name, out / name)
     for name, source in SOURCES.items():
         shutil.copy(source, out / name)
-    shutil.copy(settings.HANDLER, out / settings.HANDLER.name)
-    shutil.copy(settings.MODEL_CONFIG, out / settings.MODEL_CONFIG.name)
+    shutil.copy(places.HANDLER, out / places.HANDLER.name)
+    shutil.copy(places.MODEL_CONFIG, out / places.MODEL_CONFIG.name)
     return out
 
 
@@ -84,7 +84,7 @@ def build_mar(
     servable.load(export_dir)  # refuse a broken export before it reaches a server
     store.mkdir(parents=True, exist_ok=True)
     weights = hashlib.sha256((export_dir / servable.WEIGHTS).read_bytes()).hexdigest()
-    identity = Identity(registered_model or settings.MODEL_NAME, str(version), run_id, weights)
+    identity = Identity(registered_model or places.MODEL_NAME, str(version), run_id, weights)
     with tempfile.TemporaryDirectory() as tmp:
         staged = stage(export_dir, Path(tmp) / "model")
         (staged / IDENTITY).write_text(json.dumps(asdict(identity), indent=2))
@@ -95,17 +95,17 @@ def build_mar(
             "-m",
             "model_archiver.model_packaging",
             "--model-name",
-            settings.MODEL_NAME,
+            places.MODEL_NAME,
             "--version",
             str(version),
             "--serialized-file",
             str(staged / servable.WEIGHTS),
             "--handler",
-            str(staged / settings.HANDLER.name),
+            str(staged / places.HANDLER.name),
             "--extra-files",
             ",".join(map(str, extra)),
             "--config-file",
-            str(staged / settings.MODEL_CONFIG.name),
+            str(staged / places.MODEL_CONFIG.name),
             "--export-path",
             tmp,
             "--force",
@@ -115,14 +115,14 @@ def build_mar(
             raise CatsDogsError(
                 f"torch-model-archiver failed on {export_dir}: {done.stderr[-2000:]}"
             )
-        target = store / settings.mar_name(version, identity.key)
+        target = store / places.mar_name(version, identity.key)
         partial = target.with_name(f".{target.name}.partial")  # a reader never sees half of it
-        shutil.move(Path(tmp) / f"{settings.MODEL_NAME}.mar", partial)
+        shutil.move(Path(tmp) / f"{places.MODEL_NAME}.mar", partial)
         partial.replace(target)
     return target
 
 
-def package(
+def package_version(
     version: str | None = None,
     alias: str | None = None,
     run_id: str | None = None,
@@ -132,7 +132,7 @@ def package(
 ) -> tuple[str, Path]:
     """Build (or reuse, when its identity is the same) the archive of one version of
     `mlflow.registered_model` (default: the fit config's); returns (version, .mar path)."""
-    store = settings.model_store()
+    store = places.model_store()
     if export_dir is not None:
         version = version or "1"
         return version, build_mar(Path(export_dir), version, store)
@@ -142,7 +142,7 @@ def package(
         client, mlflow.registered_model, version, alias, run_id
     )
     key = Identity(mlflow.registered_model, version, run_id, "").key
-    target = store / settings.mar_name(version, key)
+    target = store / places.mar_name(version, key)
     if target.exists() and not force:
         return version, target
     with tempfile.TemporaryDirectory() as tmp:
@@ -158,12 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export-dir", type=Path, help="a local servable export folder instead")
     parser.add_argument("--force", action="store_true", help="rebuild an existing archive")
     args = parser.parse_args(argv)
-    version, path = package(
+    version, path = package_version(
         args.model_version,
         args.alias,
         args.run_id,
         args.export_dir,
-        None if args.export_dir else registry.mlflow_settings(args),
+        None if args.export_dir else registry.store_of(args),
         args.force,
     )
     print(f"version {version}: {path}")
@@ -171,4 +171,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(main))
+    sys.exit(exit_code(main))

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from catsdogs_pl import settings
-from catsdogs_pl.errors import run
+from catsdogs_pl import places
+from catsdogs_pl.errors import exit_code
 from catsdogs_pl.serving import torchserve as ts
 
 REMOTE_KEY = "CATSDOGS_INFERENCE_KEY"
@@ -19,9 +19,9 @@ REMOTE_KEY = "CATSDOGS_INFERENCE_KEY"
 def predict(image: Path, url: str | None = None, version: str | None = None) -> tuple[int, Any]:
     """(HTTP status, answer) for one image file sent as raw bytes. The state folder's key goes
     only to its own server; another `url` gets $CATSDOGS_INFERENCE_KEY (`serve key` there)."""
-    path = f"/predictions/{settings.MODEL_NAME}" + (f"/{version}" if version else "")
+    path = f"/predictions/{places.MODEL_NAME}" + (f"/{version}" if version else "")
     headers = {"Content-Type": "application/octet-stream"}
-    if url not in (None, settings.address("inference")) and os.environ.get(REMOTE_KEY):
+    if url not in (None, places.address("inference")) and os.environ.get(REMOTE_KEY):
         headers["Authorization"] = f"Bearer {os.environ[REMOTE_KEY]}"
     response = ts.call("inference", "POST", path, image.read_bytes(), headers, base=url)
     try:
@@ -30,7 +30,7 @@ def predict(image: Path, url: str | None = None, version: str | None = None) -> 
         return response.status, response.body.decode(errors="replace")
 
 
-def describe(image: Path, status: int, answer: Any) -> str:
+def answer_line(image: Path, status: int, answer: Any) -> str:
     if status == 200 and isinstance(answer, dict) and "label" in answer:
         probs = ", ".join(f"{k} {v:.3f}" for k, v in answer["probabilities"].items())
         return f"{image}: {answer['label']}  ({probs})  model v{answer['model_version']}"
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("images", nargs="+", type=Path)
     parser.add_argument(
         "--url",
-        help=f"inference API (default {settings.address('inference')}); the key for another "
+        help=f"inference API (default {places.address('inference')}); the key for another "
         f"server comes from ${REMOTE_KEY}, never from this state folder",
     )
     parser.add_argument("--model-version", help="a specific version instead of the default")
@@ -56,10 +56,10 @@ def main(argv: list[str] | None = None) -> int:
             failed += 1
             continue
         status, answer = predict(image, args.url, args.model_version)  # unreachable: exit 2
-        print(describe(image, status, answer))
+        print(answer_line(image, status, answer))
         failed += status != 200
     return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    sys.exit(run(main))
+    sys.exit(exit_code(main))

@@ -20,10 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-from catsdogs_pl import errors, prometheus, settings
+from catsdogs_pl import errors, places, prometheus
 from catsdogs_pl.serving import torchserve as ts
 
-METRICS_CONFIG = settings.ROOT / "configs" / "torchserve" / "metrics.yaml"
+METRICS_CONFIG = places.ROOT / "configs" / "torchserve" / "metrics.yaml"
 
 
 def _torchserve() -> str:
@@ -43,9 +43,9 @@ def is_up() -> bool:
 
 def _prepare(mar: Path | None) -> tuple[list[str], dict[str, str], Path]:
     """The one TorchServe command line, environment and working folder of `start` and `run`."""
-    home = settings.home()
+    home = places.home()
     (home / "logs").mkdir(parents=True, exist_ok=True)
-    settings.model_store().mkdir(parents=True, exist_ok=True)
+    places.model_store().mkdir(parents=True, exist_ok=True)
     (home / ts.KEY_FILE).unlink(missing_ok=True)  # a stale key would be read before the new one
     env = {
         **os.environ,
@@ -54,15 +54,12 @@ def _prepare(mar: Path | None) -> tuple[list[str], dict[str, str], Path]:
         "METRICS_LOCATION": str(home / "logs"),
         "OMP_WAIT_POLICY": "PASSIVE",  # spinning OpenMP threads starve other workers (bench/serve.py)
         # TorchServe binds where every client of ours looks (CATSDOGS_BIND_HOST included)
-        **{
-            f"TS_{k.upper()}_ADDRESS": settings.address(k, bind=True)
-            for k in settings.ADDRESS_KINDS
-        },
+        **{f"TS_{k.upper()}_ADDRESS": places.address(k, bind=True) for k in places.ADDRESS_KINDS},
     }
-    cmd = [_torchserve(), "--start", "--ncs", "--model-store", str(settings.model_store())]
-    cmd += ["--ts-config", str(settings.ts_config())]
+    cmd = [_torchserve(), "--start", "--ncs", "--model-store", str(places.model_store())]
+    cmd += ["--ts-config", str(places.ts_config())]
     if mar is not None:
-        cmd += ["--models", f"{settings.MODEL_NAME}={mar.name}"]
+        cmd += ["--models", f"{places.MODEL_NAME}={mar.name}"]
     return cmd, env, home
 
 
@@ -90,13 +87,13 @@ def start(mar: Path | None = None, timeout: float = 120) -> str:
         time.sleep(0.5)
     if mar is not None:
         ts.wait_ready(timeout=max(1.0, deadline - time.monotonic()))
-    return f"TorchServe is up: inference {settings.address('inference')}, state in {home}"
+    return f"TorchServe is up: inference {places.address('inference')}, state in {home}"
 
 
 def last_deployed() -> Path | None:
     """The archive of the newest default set by `deploy` that is still in the model store."""
-    for entry in reversed(settings.deployment_history()):
-        mar = settings.find_mar(entry)
+    for entry in reversed(places.deployment_history()):
+        mar = places.find_mar(entry)
         if mar is not None:
             return mar
     return None
@@ -160,11 +157,11 @@ def ready() -> tuple[bool, str]:
     except ts.TorchServeError as exc:
         return False, str(exc)
     if not found:
-        return False, f"no {settings.MODEL_NAME} version is registered: deploy one"
+        return False, f"no {places.MODEL_NAME} version is registered: deploy one"
     workers = ts.ready_workers(found[0])
     return (
         workers > 0,
-        f"{settings.MODEL_NAME} v{found[0]['modelVersion']}: {workers} READY workers",
+        f"{places.MODEL_NAME} v{found[0]['modelVersion']}: {workers} READY workers",
     )
 
 
@@ -182,8 +179,8 @@ def stop(timeout: float = 60) -> str:
 
 def status() -> str:
     if not is_up():
-        return f"TorchServe is not running (inference {settings.address('inference')})"
-    lines = [f"TorchServe is up: inference {settings.address('inference')}"]
+        return f"TorchServe is not running (inference {places.address('inference')})"
+    lines = [f"TorchServe is up: inference {places.address('inference')}"]
     default = ts.default_version()
     for entry in ts.describe("all"):
         mark = " (default)" if entry["modelVersion"] == default else ""
@@ -219,4 +216,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(errors.run(main))
+    sys.exit(errors.exit_code(main))

@@ -17,8 +17,8 @@ import json
 import sys
 from pathlib import Path
 
-from catsdogs_pl import settings
-from catsdogs_pl.errors import run
+from catsdogs_pl import places
+from catsdogs_pl.errors import exit_code
 from catsdogs_pl.serving import torchserve as ts
 
 SAMPLE = Path(__file__).parents[1] / "assets" / "sample-cat.jpg"
@@ -55,7 +55,7 @@ def smoke(version: str | None = None, image: Path = SAMPLE, timeout: float = 120
     passed.append(f"management API lists versions {sorted(listed)}")
 
     headers = {"Content-Type": "application/octet-stream"}
-    path = f"/predictions/{settings.MODEL_NAME}"
+    path = f"/predictions/{places.MODEL_NAME}"
     answer = ts.call("inference", "POST", path, image.read_bytes(), headers)
     _expect(
         answer.status == 200, f"prediction answered HTTP {answer.status}: {answer.body[:300]!r}"
@@ -93,4 +93,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(main))
+    sys.exit(exit_code(main))

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from catsdogs_pl import settings
+from catsdogs_pl import places
 from catsdogs_pl.errors import CatsDogsError
 
 KEY_FILE = "key_file.json"
@@ -44,7 +44,7 @@ class Response:
 def token_auth() -> bool:
     """Whether TorchServe checks keys: TS_DISABLE_TOKEN_AUTHORIZATION (enable_envvars_config), else
     config.properties."""
-    disabled = os.environ.get("TS_DISABLE_TOKEN_AUTHORIZATION") or settings.ts_properties().get(
+    disabled = os.environ.get("TS_DISABLE_TOKEN_AUTHORIZATION") or places.ts_properties().get(
         "disable_token_authorization", "false"
     )
     return disabled.strip().lower() != "true"
@@ -52,7 +52,7 @@ def token_auth() -> bool:
 
 def read_key(kind: str, home: Path | None = None) -> str | None:
     """The 'management', 'inference' or 'API' key, or None when token auth is off or not started."""
-    path = (home or settings.home()) / KEY_FILE
+    path = (home or places.home()) / KEY_FILE
     try:
         return json.loads(path.read_text())[kind]["key"]
     except (FileNotFoundError, json.JSONDecodeError, KeyError):  # absent, or being written
@@ -63,8 +63,8 @@ def renew_key(kind: str, refused: str | None, timeout: float = 10) -> str:
     """A valid 'management' or 'inference' key in place of `refused` (expired, or read while
     TorchServe rewrote the file): the one another client renewed meanwhile, else a new one from
     the token API."""
-    home = settings.home()
-    with settings.locked("key_file"):
+    home = places.home()
+    with places.locked("key_file"):
         current = read_key(kind)
         if current and current != refused:
             return current
@@ -74,7 +74,7 @@ def renew_key(kind: str, refused: str | None, timeout: float = 10) -> str:
                 f"TorchServe refused the {kind} key and {home / KEY_FILE} has no API key to renew "
                 "it: run this command where the server keeps its key file (its state folder)"
             )
-        url = f"{settings.address('management')}/token?type={kind}"
+        url = f"{places.address('management')}/token?type={kind}"
         check(_send("GET", url, None, {"Authorization": f"Bearer {api}"}), f"renew the {kind} key")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -120,7 +120,7 @@ def call(
     where config.properties says); never raises on HTTP codes. The key of the state folder goes
     only to the server of this state folder, and a refused one is renewed and the call sent
     once more."""
-    own = settings.address(kind)
+    own = places.address(kind)
     token = token and kind != "metrics" and base in (None, own)
     key_kind = "inference" if kind == "inference" else "management"
 
@@ -144,7 +144,7 @@ def check(response: Response, what: str) -> Response:
 def describe(version: str = "all") -> list[dict[str, Any]]:
     """TorchServe's description of catsdogs: 'all' versions, one version, or "" for the default
     ([] when nothing is registered)."""
-    path = f"/models/{settings.MODEL_NAME}" + (f"/{version}" if version else "")
+    path = f"/models/{places.MODEL_NAME}" + (f"/{version}" if version else "")
     response = call("management", "GET", path)
     if response.status == 404:
         return []

@@ -195,17 +195,17 @@ class FitCLI(LightningCLI):
         """What a checkpoint's run must have been trained with to be resumed here: the same MLflow
         experiment and registered model, network and prepared dataset (epochs, batch size and
         the rest may change)."""
-        settings: registry.MlflowSettings = self.config_init.mlflow
+        store: registry.MlflowSettings = self.config_init.mlflow
         return {
-            "mlflow.experiment": settings.experiment,
-            "mlflow.registered_model": settings.registered_model,
+            "mlflow.experiment": store.experiment,
+            "mlflow.registered_model": store.registered_model,
             "model.net": net_params(self.model.net),
             "data.settings": dataclasses.asdict(self.datamodule.settings),
         }
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         cfg = self.config_init
-        settings: registry.MlflowSettings = cfg.mlflow
+        store: registry.MlflowSettings = cfg.mlflow
         checkpoint_dir = Path(cfg.checkpoint_dir)
         run_id = None
         run_config = self.run_config()
@@ -216,7 +216,7 @@ class FitCLI(LightningCLI):
         if self.resume_path:
             run_id = Path(self.resume_path).parent.name  # the same MLflow run goes on
         logger = ResumableMLFlowLogger(
-            experiment_name=settings.experiment,
+            experiment_name=store.experiment,
             tracking_uri=self.tracking_uri,
             run_id=run_id,
             log_model=False,

@@ -168,7 +168,7 @@ def publish(
     trainer: L.Trainer,
     model: CatsDogsClassifier,
     dm: CatsDogsDataModule,
-    settings: registry.MlflowSettings,
+    store: registry.MlflowSettings,
     tracking_uri: str,
 ) -> FitSummary:
     """Every step above for the tested best checkpoint of `trainer`'s run."""
@@ -182,8 +182,6 @@ def publish(
     client.log_metric(run_id, "val/ece", monitored.ece)
     info = log_servable(client, run_id, tracking_uri, model.net, dm, monitored)
     version, moved, reason = register(
-        client, run_id, settings.registered_model, info, model.net, dm, metrics
+        client, run_id, store.registered_model, info, model.net, dm, metrics
     )
-    return FitSummary(
-        run_id, tracking_uri, settings.registered_model, version, moved, reason, metrics
-    )
+    return FitSummary(run_id, tracking_uri, store.registered_model, version, moved, reason, metrics)

@@ -33,7 +33,7 @@ from catsdogs_pl import config, preprocessing, registry, servable
 from catsdogs_pl.contracts import Preprocessing, Summary
 from catsdogs_pl.data import sources
 from catsdogs_pl.data.prepare import read_manifest
-from catsdogs_pl.errors import ConfigError, MissingError, run
+from catsdogs_pl.errors import ConfigError, MissingError, exit_code
 
 PARAM = "data/dataset_version"
 ARTIFACT = "robustness/table.json"
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit {args.limit}: use a positive number of photos")
-    store = registry.mlflow_settings(args)
+    store = registry.store_of(args)
     data_dir = args.data_dir or data_dir_of(args.config)
     summary = read_prepared(data_dir)
     client = registry.client(store)
@@ -306,4 +306,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(main, sys.argv[1:]))
+    sys.exit(exit_code(main, sys.argv[1:]))

@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from catsdogs_pl import settings
+from catsdogs_pl import places
 
-COMPOSE_FILE = settings.ROOT / "docker-compose.yml"
+COMPOSE_FILE = places.ROOT / "docker-compose.yml"
 
 
 def tool(name: str) -> str | None:

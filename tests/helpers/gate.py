@@ -11,7 +11,7 @@ import torch
 from mlflow import MlflowClient
 from PIL import Image
 
-from catsdogs_pl import preprocessing, registry, servable, settings
+from catsdogs_pl import places, preprocessing, registry, servable
 from catsdogs_pl.models.cnn import BaselineCNN
 from tests.helpers.serving import ARCH, SIZE
 
@@ -69,7 +69,7 @@ def register_versions(home: Path, nets: list[BaselineCNN]) -> list[str]:
         folder = servable.export(net, preprocessing.spec(SIZE, CLASSES), home / f"gate-export{i}")
         client.log_artifacts(run.info.run_id, str(folder), "servable")
         registered = registry.register(
-            client, settings.MODEL_NAME, "servable", run.info.run_id, {}, "gate test"
+            client, places.MODEL_NAME, "servable", run.info.run_id, {}, "gate test"
         )
         versions.append(str(registered.version))
     return versions
@@ -80,6 +80,6 @@ def delete_versions(versions: list[str]) -> None:
     must not find a stale archive in the model store."""
     client = MlflowClient(registry.resolve_tracking_uri())
     for version in versions:
-        client.delete_model_version(settings.MODEL_NAME, version)
-        for mar in settings.model_store().glob(settings.mar_name(version, "*")):
+        client.delete_model_version(places.MODEL_NAME, version)
+        for mar in places.model_store().glob(places.mar_name(version, "*")):
             mar.unlink()

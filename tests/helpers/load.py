@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from catsdogs_pl import settings
+from catsdogs_pl import places
 from catsdogs_pl.data.synthetic import draw_animal
 from catsdogs_pl.serving import torchserve as ts
 from tests.helpers.shared_data import FULLSIZE_SAMPLE as SAMPLE
@@ -71,7 +71,7 @@ def _post(conn: http.client.HTTPConnection, body: bytes, key: str | None) -> tup
     headers = {"Content-Type": "application/octet-stream"}
     if key:
         headers["Authorization"] = f"Bearer {key}"
-    conn.request("POST", f"/predictions/{settings.MODEL_NAME}", body, headers)
+    conn.request("POST", f"/predictions/{places.MODEL_NAME}", body, headers)
     response = conn.getresponse()
     return response.status, response.read()
 
@@ -82,7 +82,7 @@ def _client(
     """One client on a keep-alive connection, its key kept between requests and renewed when
     TorchServe refuses it, as a long-running client of ours does; a request at most every
     `interval` seconds (0: back to back)."""
-    url = urllib.parse.urlsplit(settings.address("inference"))
+    url = urllib.parse.urlsplit(places.address("inference"))
     assert url.hostname == "127.0.0.1", "load is only ever sent to this machine"
     key = ts.read_key("inference")
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)

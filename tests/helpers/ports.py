@@ -1,7 +1,7 @@
 """Free ports, so a test run never meets another run, nor a user's server on the default ports.
 
 Every server a test starts (TorchServe, `serve run`, the MLflow server) gets ports the kernel just
-handed out, through the same TS_* variables users have: `settings.address` reads them, and
+handed out, through the same TS_* variables users have: `places.address` reads them, and
 TorchServe reads any TS_<KEY> variable as its config key <key> (enable_envvars_config=true).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import socket
 
-from catsdogs_pl import settings
+from catsdogs_pl import places
 
 # TorchServe 0.12's own names (ConfigManager's TS_* fields) of the gRPC ports, 7070 and 7071 by
 # default: TorchServe starts both gRPC servers whatever config.properties says.
@@ -30,10 +30,10 @@ def free_ports(count: int) -> list[int]:
 def torchserve_ports() -> dict[str, str]:
     """TS_INFERENCE_ADDRESS, TS_MANAGEMENT_ADDRESS, TS_METRICS_ADDRESS, TS_WORKER_METRICS_ADDRESS
     and the two gRPC ports, each on its own free port of 127.0.0.1."""
-    ports = free_ports(len(settings.ADDRESS_KINDS) + len(GRPC_PORTS))
+    ports = free_ports(len(places.ADDRESS_KINDS) + len(GRPC_PORTS))
     env = {
         f"TS_{kind.upper()}_ADDRESS": f"http://127.0.0.1:{port}"
-        for kind, port in zip(settings.ADDRESS_KINDS, ports, strict=False)
+        for kind, port in zip(places.ADDRESS_KINDS, ports, strict=False)
     }
-    env.update(zip(GRPC_PORTS, map(str, ports[len(settings.ADDRESS_KINDS) :]), strict=True))
+    env.update(zip(GRPC_PORTS, map(str, ports[len(places.ADDRESS_KINDS) :]), strict=True))
     return env

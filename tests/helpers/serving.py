@@ -18,7 +18,7 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
-from catsdogs_pl import preprocessing, registry, servable, settings
+from catsdogs_pl import places, preprocessing, registry, servable
 from catsdogs_pl.models.cnn import BaselineCNN
 from catsdogs_pl.serving import deploy, package, serve
 from catsdogs_pl.serving import torchserve as ts
@@ -57,7 +57,7 @@ class FakeContext:
     """What TorchServe hands a handler: properties, manifest, model config, status and metrics."""
 
     def __init__(self, model_dir: Path, version: str = "3", **handler_config: Any) -> None:
-        config = yaml.safe_load(settings.MODEL_CONFIG.read_text())
+        config = yaml.safe_load(places.MODEL_CONFIG.read_text())
         config["handler"].update(handler_config)
         self.system_properties = {"model_dir": str(model_dir), "batch_size": 8}
         self.manifest = {"model": {"modelVersion": version, "serializedFile": servable.WEIGHTS}}
@@ -99,15 +99,15 @@ def register_exports(uri: str, folder: Path, seeds: list[int]) -> list[ModelVers
         client.log_artifacts(run_id, str(make_export(folder / f"export{seed}", seed)), "servable")
         tags = {"dataset_version": "d", "test/acc": "0.5"}
         registered.append(
-            registry.register(client, settings.MODEL_NAME, "servable", run_id, tags, "it")
+            registry.register(client, places.MODEL_NAME, "servable", run_id, tags, "it")
         )
     return registered
 
 
 def mar_path(version: str) -> Path:
     """The archive of `version` in the model store (the newest, when there are more)."""
-    found = settings.find_mar(version)
-    assert found is not None, f"no archive of v{version} in {settings.model_store()}"
+    found = places.find_mar(version)
+    assert found is not None, f"no archive of v{version} in {places.model_store()}"
     return found
 
 
@@ -168,7 +168,7 @@ class SessionTorchServe:
     Its registry (the MLflow store of the state folder) has versions 1 and 2 of catsdogs, two
     small networks with different weights. Tests ask for a state and get it, whatever the tests
     before them left: `serving_only(version)` or `blank()`. Their calls work only inside
-    `environment()`, where the clients (settings.address, the token) find this server."""
+    `environment()`, where the clients (places.address, the token) find this server."""
 
     VERSIONS = ("1", "2")
 
@@ -201,7 +201,9 @@ class SessionTorchServe:
         """`version` registered, READY and the default; no other version registered; the archives
         of versions 1 and 2 in the model store (packaged from the registry where missing)."""
         self._up()
-        mars = {v: package.package(v)[1] for v in self.VERSIONS}  # reuses archives that are there
+        mars = {
+            v: package.package_version(v)[1] for v in self.VERSIONS
+        }  # reuses archives that are there
         registered = {e["modelVersion"] for e in ts.describe("all")}
         deploy._register(version, mars[version])  # as deploy does it: registered, READY
         if ts.default_version() != version:
@@ -220,6 +222,6 @@ class SessionTorchServe:
         for version in [*sorted(registered - {default}), *([default] if default else [])]:
             deploy._unregister(version)
         assert ts.describe("all") == []
-        settings.deployments_file().unlink(missing_ok=True)
-        for mar in settings.model_store().glob("*.mar"):
+        places.deployments_file().unlink(missing_ok=True)
+        for mar in places.model_store().glob("*.mar"):
             mar.unlink()

@@ -24,12 +24,12 @@ from typing import Any
 
 import pytest
 
-from catsdogs_pl import settings
+from catsdogs_pl import places
 from catsdogs_pl.serving import torchserve as ts
 from tests.helpers.deployment import COMPOSE_FILE, compose_binary
 
 PROJECT = "catsdogs-stacktest"  # never the user's own `catsdogs` project and volumes
-OVERRIDE = settings.ROOT / "tests" / "stack" / "compose.host.yml"
+OVERRIDE = places.ROOT / "tests" / "stack" / "compose.host.yml"
 PASSWORD = "p@ss/w%rd:1"  # each of @ / % : breaks a URI that pastes it unencoded
 INFERENCE_PORT = "8001"
 MLFLOW = "http://127.0.0.1:5000"

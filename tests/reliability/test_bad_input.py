@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from catsdogs_pl import settings
+from catsdogs_pl import places
 from catsdogs_pl.serving import torchserve as ts
 from tests.helpers.images import image_bytes, png_claiming
 from tests.helpers.serving import SessionTorchServe, worker_pids
@@ -167,7 +167,7 @@ def test_bad_input_kind(kind: str, workers_before: dict[str, int], served, repor
 def test_body_over_max_request_size(workers_before: dict[str, int], served, report) -> None:
     """TorchServe answers 413 as soon as it reads a Content-Length over max_request_size (10 MB),
     before the body: a client that waits for the answer (curl does) gets it, not a reset."""
-    url = urllib.parse.urlsplit(settings.address("inference"))
+    url = urllib.parse.urlsplit(places.address("inference"))
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
     conn.putrequest("POST", PRED)
     conn.putheader("Authorization", f"Bearer {ts.read_key('inference')}")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from catsdogs_pl import settings
+from catsdogs_pl import places
 from catsdogs_pl.serving import package, serve
 from catsdogs_pl.serving import torchserve as ts
 from tests.helpers.images import image_bytes
@@ -41,14 +41,14 @@ COMMANDS = (  # what users, the compose health check and CI run against a server
 def expiring_server(tmp_path: Path) -> Iterator[Path]:
     """A TorchServe of its own whose keys expire a minute after they are issued, serving one
     small version; yields its state folder."""
-    shipped = settings.TS_CONFIG.read_text()
+    shipped = places.TS_CONFIG.read_text()
     config = tmp_path / "config.properties"
     config.write_text(
         shipped.replace("token_expiration_min=1440", f"token_expiration_min={EXPIRY_MIN}")
     )
     assert f"token_expiration_min={EXPIRY_MIN}\n" in config.read_text()
     with state_folder(tmp_path / "home"), environment({"CATSDOGS_TS_CONFIG": str(config)}):
-        _, mar = package.package(export_dir=make_export(tmp_path / "export"))
+        _, mar = package.package_version(export_dir=make_export(tmp_path / "export"))
         serve.start(mar)
         try:
             yield tmp_path / "home"

@@ -12,7 +12,7 @@ import zipfile
 
 import pytest
 
-from catsdogs_pl import settings
+from catsdogs_pl import places
 from catsdogs_pl.serving import torchserve as ts
 from tests.helpers.load import photos, run_load
 from tests.helpers.serving import mar_path, worker_pids
@@ -107,7 +107,7 @@ def test_new_version_swapped_in_under_load(images, served, report) -> None:
 
 def _corrupt(kind: str, version: str) -> str:
     """A broken copy of v1's archive in the model store, as an archive of `version`."""
-    target = settings.model_store() / settings.mar_name(version, "broken")
+    target = places.model_store() / places.mar_name(version, "broken")
     if kind == "not a zip":
         target.write_bytes(b"PK\x03\x04 this was cut off in transfer")
         return target.name
@@ -116,7 +116,7 @@ def _corrupt(kind: str, version: str) -> str:
             data = src.read(item)
             if kind == "weights missing" and item.filename == "weights.pt":
                 continue
-            if kind == "handler broken" and item.filename == settings.HANDLER.name:
+            if kind == "handler broken" and item.filename == places.HANDLER.name:
                 data = b"import this_module_does_not_exist\n"
             if item.filename == "MAR-INF/MANIFEST.json":  # the archive's own version
                 manifest = json.loads(data)

@@ -79,7 +79,7 @@ def test_weights_are_never_unpickled(tmp_path: Path) -> None:
     with pytest.raises(pickle.UnpicklingError, match=refused):
         servable.load(folder)
     with pytest.raises(pickle.UnpicklingError, match=refused):
-        package.package("5", export_dir=folder)
+        package.package_version("5", export_dir=folder)
     staged = package.stage(folder, tmp_path / "model")
     with pytest.raises(pickle.UnpicklingError, match=refused):
         load_handler(staged, FakeContext(staged))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from catsdogs_pl import settings
+from catsdogs_pl import places
 from catsdogs_pl.data import cache
 
 pytestmark = pytest.mark.slow
@@ -24,7 +24,7 @@ EPOCHS = 8
 def _fit(tmp_path: Path, *extra: str) -> subprocess.Popen:
     args = [
         "--config",
-        str(settings.ROOT / "configs" / "demo.yaml"),
+        str(places.ROOT / "configs" / "demo.yaml"),
         f"--data.source={tmp_path / 'synthetic'}",
         "--data.synthetic_per_class=150",
         f"--data.data_dir={tmp_path / 'prepared'}",

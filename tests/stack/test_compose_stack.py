@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from catsdogs_pl import settings
+from catsdogs_pl import places
 from tests.helpers.deployment import run_smoke
 from tests.helpers.stack import MLFLOW, PROMETHEUS, SERVICES, Stack, get_json, run_ok
 
@@ -73,7 +73,7 @@ def test_registry_on_postgresql_and_one_mlflow_version(stack: Stack, report) -> 
         "exec", "-T", "postgres", "psql", "-U", "mlflow", "-d", "mlflow", "-At", "-c", query
     )
     assert rows.split() == ["catsdogs|1|READY"], rows
-    version = MlflowClient(MLFLOW).get_model_version(settings.MODEL_NAME, "1")
+    version = MlflowClient(MLFLOW).get_model_version(places.MODEL_NAME, "1")
     run = MlflowClient(MLFLOW).get_run(version.run_id)
     assert run.info.status == "FINISHED" and "test/acc" in run.data.metrics
     versions = {}
@@ -142,7 +142,7 @@ def test_down_and_up_lose_nothing(stack: Stack, report) -> None:
     versions = sorted(v.version for v in client.search_model_versions("name='catsdogs'"))
     assert versions == ["1", "2"]
     weights = client.download_artifacts(
-        client.get_model_version(settings.MODEL_NAME, "2").run_id,
+        client.get_model_version(places.MODEL_NAME, "2").run_id,
         "servable/weights.pt",
         str(stack.home),
     )
