@@ -3,10 +3,11 @@
 Everything it loads sits inside the `.mar`: the servable export (`weights.pt`, `architecture.json`,
 `preprocessing.json`, `index_to_name.json`, `reference.json`) and the source files copied from the
 training code (serving/package.py `SOURCES`): `catsdogs_servable.py` builds the network that
-`architecture.json` names and loads its weights exactly as export, package, robustness and the gate
-do; `catsdogs_preprocessing.py` decodes, checks and normalises as the training cache was made, with
-the limits of `preprocessing.json` (the ones the training data was cleaned by); `catsdogs_stats.py`
-computes the input and prediction statistics of the training reference.
+`architecture.json` names and loads its weights exactly as package (checking an export before it
+archives it) and robustness do; `catsdogs_preprocessing.py` decodes, checks and normalises as the
+training cache was made, with the limits of `preprocessing.json` (the ones the training data was
+cleaned by); `catsdogs_stats.py` computes the input and prediction statistics of the training
+reference.
 
 Accepted bodies: raw image bytes, multipart (field `data` or `file`), JSON `{"data": "<base64>"}`
 and base64 text. Answer per image: `{"label", "probabilities", "model_version"}`.

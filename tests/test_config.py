@@ -16,7 +16,7 @@ import lightning as L
 import pytest
 import yaml
 
-from catsdogs_pl import config
+from catsdogs_pl import config, places
 from catsdogs_pl.data.datamodule import CatsDogsDataModule
 from catsdogs_pl.errors import ConfigError, MissingError
 from catsdogs_pl.models.classifier import CatsDogsClassifier
@@ -263,7 +263,7 @@ def test_the_fit_command_reads_its_own_command_line() -> None:
             "configs/demo.yaml",
             "--print_config",
         ],
-        cwd=config.settings.ROOT,
+        cwd=places.ROOT,
         capture_output=True,
         text=True,
         check=True,

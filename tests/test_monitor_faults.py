@@ -67,7 +67,7 @@ def test_an_unreadable_archive_skips_its_version_for_one_round(
         mar.write_bytes(b"PK\x03\x04 not yet" if fault == "not a zip" else _archive(ref)[:15_000])
     rounds = monitor.Monitor(None, 0)
 
-    (skipped,) = rounds.run_once()
+    (skipped,) = rounds.compare_window()
     assert skipped.version == VERSION and skipped.images == ref.images and not skipped.psi
     assert skipped.note.startswith(f"skipped this round: the archive of v{VERSION}")
     error = "FileNotFoundError" if fault == "gone" else "BadZipFile"
@@ -77,7 +77,7 @@ def test_an_unreadable_archive_skips_its_version_for_one_round(
     assert f'catsdogs_monitored_images{{model_version="{VERSION}"}}' in rounds.latest
 
     mar.write_bytes(_archive(ref))  # `package --force` done: compared the next round
-    (compared,) = rounds.run_once()
+    (compared,) = rounds.compare_window()
     assert compared.note == "" and compared.judged and not compared.drifted
     assert (
         compared.psi == drift.compare(VERSION, ref, _window(VERSION, ref).counts(VERSION), {}).psi

@@ -1,1 +1,2 @@
-"""Models: the plain network (`cnn`) and the LightningModule that trains it (`classifier`)."""
+"""Models: the plain networks (`cnn`, `backbone`, `efficientnet_lite`) and the LightningModule that
+trains them (`classifier`)."""

@@ -224,7 +224,7 @@ class Monitor:
             return self.scrapes[-1][1]
         return self.scrapes[-1][1].minus(self.scrapes[0][1])
 
-    def run_once(self) -> list[drift.Comparison]:
+    def compare_window(self) -> list[drift.Comparison]:
         comparisons = compare(self.window())
         self.latest = drift.gauges(comparisons, time.time())
         return comparisons
@@ -255,10 +255,10 @@ def main(argv: list[str] | None = None) -> int:
         raise errors.ConfigError("--prometheus needs a --window in seconds, e.g. 3600")
     monitor = Monitor(args.prometheus, args.window)
     if not args.serve:
-        comparisons = monitor.run_once()
+        comparisons = monitor.compare_window()
         if args.window and not args.prometheus:  # natively: a second scrape, a window later
             time.sleep(args.window)
-            comparisons = monitor.run_once()
+            comparisons = monitor.compare_window()
         print(drift.report(comparisons, _window_text(args)))
         return 0
     prometheus.expose("monitor", lambda: monitor.latest)
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     while not stop.is_set():
         try:
-            print(drift.report(monitor.run_once(), _window_text(args)), flush=True)
+            print(drift.report(monitor.compare_window(), _window_text(args)), flush=True)
         except errors.UnreachableError as exc:
             print(f"monitor: {exc}", file=sys.stderr, flush=True)
         stop.wait(args.interval)

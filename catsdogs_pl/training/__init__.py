@@ -1,1 +1,2 @@
-"""Training: the fit command, MLflow tracking and registry rules, plots, the servable export."""
+"""Training: the fit command (LightningCLI + MLflow), publishing a run (plots, servable export,
+registry version), robustness, plots."""

@@ -8,6 +8,7 @@ version with its alias.
 from __future__ import annotations
 
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,7 +131,10 @@ def log_servable(
     size = dm.settings.image_size
     example = np.zeros((2, 3, size, size), dtype=np.float32)  # batch 1 would be specialised
     mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run(run_id=run_id):
+    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+        # torch.export's archive writer warns when tensors share a storage that none of them
+        # covers whole, "when your weights are not on CPU": they are (net.cpu()), so not the run's
+        warnings.filterwarnings("ignore", "No complete tensor found in the group", UserWarning)
         return mlflow.pytorch.log_model(net.cpu().eval(), name="model", input_example=example)
 
 
