@@ -44,9 +44,11 @@ RUN mkdir -p /usr/share/man/man1 \
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ARG TORCH_VERSION=2.5.1
 ARG TORCHVISION_VERSION=0.20.1
-# TorchServe's worker imports PyYAML, which the torchserve wheel does not declare.
+# TorchServe's worker imports PyYAML, which the torchserve wheel does not declare; ONNX Runtime runs
+# the model.onnx that package adds to a .mar (catsdogs_pl/servable.py forward).
 RUN pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" \
-    && pip install "torchserve==0.12.0" "pyyaml==6.0.2" "numpy==2.1.3" "pillow==11.0.0"
+    && pip install "torchserve==0.12.0" "pyyaml==6.0.2" "numpy==2.1.3" "pillow==11.0.0" \
+        "onnxruntime==1.32.0"
 # The code runs from /app (configs/ and handlers/ beside the package); state lives in the volume.
 # TorchServe binds every interface: 127.0.0.1 in a container reaches nothing outside it.
 ENV PYTHONPATH=/app \
@@ -77,7 +79,7 @@ WORKDIR /app
 COPY pyproject.toml ./
 # A stub package lets pip resolve the dependencies before the code exists (a cacheable layer).
 RUN mkdir catsdogs_pl && touch catsdogs_pl/__init__.py README.md \
-    && pip install --editable ".[pretrained]" "mlflow==${MLFLOW_VERSION}" \
+    && pip install --editable ".[pretrained,onnx]" "mlflow==${MLFLOW_VERSION}" \
     && rm -r catsdogs_pl
 COPY --from=serve /app /app
 # The work folder (checkpoints/, data/) exists, owned by catsdogs: a new volume mounted on it

@@ -19,7 +19,7 @@ Bench-only extras for 3, not project dependencies: pip install fastapi uvicorn p
 Usage: python bench/serve.py (--export-dir DIR | --model-version N [--tracking-uri URI])
        [--data ../shared/data] [--duration 15] [--concurrency 1 4 16]
        [--workers W] [--torch-threads T] [--batch-size B] [--max-batch-delay MS]
-       [--fastapi-torch-threads N]
+       [--fastapi-torch-threads N] [--runtime auto|onnx|eager]
 """
 
 from __future__ import annotations
@@ -94,12 +94,12 @@ def photos(archive: Path, tmp: Path, size: int) -> list[bytes]:
 
 
 def model_config(
-    shipped: dict[str, Any], workers: int, threads: int, batch: int, delay: int
+    shipped: dict[str, Any], workers: int, threads: int, batch: int, delay: int, runtime: str
 ) -> dict[str, Any]:
     """The shipped model-config.yaml with the setting under test."""
     config = {**shipped, "minWorkers": workers, "maxWorkers": workers}
     config.update(batchSize=batch, maxBatchDelay=delay)
-    config["handler"] = {**shipped["handler"], "torch_threads": threads}
+    config["handler"] = {**shipped["handler"], "torch_threads": threads, "runtime": runtime}
     return config
 
 
@@ -184,16 +184,25 @@ def load_handler(model_dir: Path, config: dict[str, Any]) -> Any:
 
 def in_process_rate(
     handler: Any, images: list[bytes], workers: int, batch: int, duration: float
-) -> float:
-    """Images/s of decode + predict on full batches, one thread per TorchServe worker."""
+) -> tuple[float, dict[str, float]]:
+    """Images/s of decode + predict on full batches, one thread per TorchServe worker, and the
+    milliseconds per image of each stage: decode (open, check, decode, resize) and forward
+    (normalize, the network, softmax)."""
+    spent = {"decode": 0.0, "forward": 0.0}
 
     def step(lane: int, i: int) -> int:
         first = lane * len(images) // workers + i * batch
         rows = [{"body": images[(first + j) % len(images)]} for j in range(batch)]
-        handler.predict([handler.decode(row)[0] for row in rows])
+        start = time.perf_counter()
+        decoded = [handler.decode(row)[0] for row in rows]
+        middle = time.perf_counter()
+        handler.predict(decoded)
+        spent["decode"] += middle - start
+        spent["forward"] += time.perf_counter() - middle
         return batch
 
-    return sum(n for _, n in run_for(workers, duration, step)) / duration
+    done = sum(n for _, n in run_for(workers, duration, step))
+    return done / duration, {k: round(1e3 * v / done, 2) for k, v in spent.items()}
 
 
 def torchserve_load(
@@ -280,6 +289,12 @@ def main() -> None:
     parser.add_argument(
         "--fastapi-torch-threads", type=int, help="default: --torch-threads, as one worker"
     )
+    parser.add_argument(
+        "--runtime",
+        choices=("auto", "onnx", "eager"),
+        default=shipped["handler"].get("runtime", "auto"),
+        help="the handler's forward pass (model-config.yaml handler.runtime)",
+    )
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
     workers = args.workers or max(1, min(shipped["minWorkers"], cores // args.torch_threads))
@@ -303,12 +318,17 @@ def main() -> None:
         # TMPDIR: `torchserve --start/--stop` keep their PID file there, so --stop stops ours
         os.environ.update(TS_ENV, CATSDOGS_HOME=str(tmp / "home"), TMPDIR=str(tmp))
         config = model_config(
-            shipped, workers, args.torch_threads, args.batch_size, args.max_batch_delay
+            shipped,
+            workers,
+            args.torch_threads,
+            args.batch_size,
+            args.max_batch_delay,
+            args.runtime,
         )
         places.MODEL_CONFIG = tmp / "model-config.yaml"  # what stage() and build_mar() pack
         places.MODEL_CONFIG.write_text(yaml.safe_dump(config))
         handler = load_handler(package.stage(export_dir, tmp / "model"), config)
-        limit = in_process_rate(handler, images, workers, args.batch_size, args.duration)
+        limit, stages = in_process_rate(handler, images, workers, args.batch_size, args.duration)
         mar = package.build_mar(export_dir, "1", places.model_store())
         reported, served = torchserve_load(mar, images, args.concurrency, args.duration)
         threads = args.fastapi_torch_threads or args.torch_threads
@@ -325,7 +345,9 @@ def main() -> None:
             "batch_size": args.batch_size,
             "max_batch_delay_ms": args.max_batch_delay,
             "fastapi_torch_threads": threads,
+            "runtime": handler.runtime,
         },
+        "in_process_ms_per_image": stages,
         "torchserve_reported": reported,
         "in_process_limit_images_per_s": round(limit, 1),
         "torchserve": served,

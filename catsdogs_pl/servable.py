@@ -16,7 +16,9 @@ import importlib
 import inspect
 import json
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -29,6 +31,8 @@ else:  # catsdogs_servable.py inside a .mar (serving/package.py ships them all)
 
 WEIGHTS = "weights.pt"
 INDEX_TO_NAME = "index_to_name.json"
+ONNX = "model.onnx"  # the same forward pass for ONNX Runtime, added by package when it can be
+PARITY = 1e-4  # the most a runtime's probability may differ from eager PyTorch's
 FILES = (WEIGHTS, Architecture.FILE, Preprocessing.FILE, INDEX_TO_NAME)
 TRAINING_ONLY = ("weights",)  # where training starts from: the export's weights.pt replaces it
 NETWORKS = {  # network class -> its module in catsdogs_pl/models (catsdogs_<module>.py in a .mar)
@@ -83,8 +87,9 @@ def export(
 
 
 def present(folder: Path) -> list[str]:
-    """The servable files of `folder`: the four, and the reference when it has one."""
-    return [*FILES, *([Reference.FILE] if (folder / Reference.FILE).exists() else [])]
+    """The servable files of `folder`: the four, and the reference and model.onnx when it has
+    them."""
+    return [*FILES, *(name for name in (Reference.FILE, ONNX) if (folder / name).exists())]
 
 
 def load(folder: Path, weights: str = WEIGHTS) -> tuple[nn.Module, Preprocessing]:
@@ -96,3 +101,71 @@ def load(folder: Path, weights: str = WEIGHTS) -> tuple[nn.Module, Preprocessing
     net = build(Architecture.read(folder))
     net.load_state_dict(torch.load(folder / weights, map_location="cpu", weights_only=True))
     return net.eval(), Preprocessing.read(folder)
+
+
+class OnnxNet:
+    """`model.onnx` under ONNX Runtime on the CPU, called like the network it was exported from
+    (a float NCHW batch in, logits out). The file is a graph and its weights: loading it runs no
+    code of its own."""
+
+    def __init__(self, path: Path, threads: int = 1) -> None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = onnxruntime.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]
+        )
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        images = np.ascontiguousarray(x.numpy())  # a permuted batch arrives with NHWC strides
+        return torch.from_numpy(self.session.run(None, {"images": images})[0])
+
+
+def export_onnx(net: nn.Module, image_size: int, out: Path) -> float | None:
+    """Write `out/model.onnx` (any batch size, `image_size` px) and return the largest probability
+    difference from eager PyTorch on a random batch; over PARITY the file is removed again.
+    None where the exporter or ONNX Runtime is not installed (serving then stays eager)."""
+    try:
+        import onnx  # noqa: F401  (torch.onnx.export writes through it)
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return None
+    import warnings
+
+    x = torch.randn(4, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    path = out / ONNX
+    with warnings.catch_warnings():  # tracing warns that shapes become constants: they are
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net.eval(),
+            (x,),
+            str(path),
+            dynamo=False,  # the TorchScript exporter: no onnxscript, one file, static image size
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=17,
+        )
+    with torch.inference_mode():
+        eager = net(x).softmax(-1)
+    difference = float((OnnxNet(path)(x).softmax(-1) - eager).abs().max())
+    if difference > PARITY:
+        path.unlink()
+    return difference
+
+
+def forward(folder: Path, net: nn.Module, runtime: str = "auto", threads: int = 1) -> Any:
+    """What computes the logits in serving: ONNX Runtime when `folder` holds model.onnx and
+    onnxruntime is installed (`auto`, or `onnx`, which insists), else the eager network."""
+    if runtime not in ("auto", "onnx", "eager"):
+        raise ValueError(f"runtime={runtime!r}: use auto, onnx or eager")
+    if runtime == "eager" or (runtime == "auto" and not (folder / ONNX).exists()):
+        return net
+    try:
+        return OnnxNet(folder / ONNX, threads)
+    except ImportError:
+        if runtime == "onnx":
+            raise
+        return net

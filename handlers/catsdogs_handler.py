@@ -92,10 +92,15 @@ class CatsDogsHandler:
     def initialize(self, context: Any) -> None:
         model_dir = Path(context.system_properties["model_dir"])
         config = (getattr(context, "model_yaml_config", None) or {}).get("handler", {})
-        torch.set_num_threads(int(config.get("torch_threads", 1)))
+        threads = int(config.get("torch_threads", 1))
+        torch.set_num_threads(threads)
         weights = context.manifest["model"].get("serializedFile", servable.WEIGHTS)
         self.net, self.pre = servable.load(model_dir, weights)
         self.classes = list(self.pre.classes)
+        # the forward pass: ONNX Runtime where the .mar holds model.onnx (package checked its
+        # answers against eager PyTorch), else the network itself
+        self.forward = servable.forward(model_dir, self.net, config.get("runtime", "auto"), threads)
+        self.runtime = "eager" if self.forward is self.net else "onnx"
         self.version = str(context.manifest["model"].get("modelVersion", ""))
         # TorchServe answers 413 to a body over max_request_size (config.properties) before it
         # reaches a worker; `max_bytes` in model-config.yaml is only for a lower limit of one model.
@@ -124,7 +129,7 @@ class CatsDogsHandler:
         batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
         x = preprocessing.normalize(batch, self.pre.mean, self.pre.std)
         with torch.inference_mode():
-            return self.net(x).softmax(-1)
+            return self.forward(x).softmax(-1)
 
     def observe(self, images: list[np.ndarray], sizes: list[tuple[int, int]], probs: Any) -> None:
         """Count the statistics of accepted images and their predictions into `pending`."""

@@ -24,7 +24,9 @@ class SameConv(nn.Conv2d):
     """A convolution padded as TensorFlow's "same": output size ceil(input / stride)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        (h, w), (kh, kw), (sh, sw) = x.shape[-2:], self.kernel_size, self.stride
+        # Python ints, so that an ONNX trace records these numbers: traced as tensors, the ceil
+        # division went wrong at odd sizes (11 px at 176) and the export answered otherwise
+        (h, w), (kh, kw), (sh, sw) = map(int, x.shape[-2:]), self.kernel_size, self.stride
         ph, pw = (max((-(-n // s) - 1) * s + k - n, 0) for n, k, s in ((h, kh, sh), (w, kw, sw)))
         return super().forward(F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)))
 

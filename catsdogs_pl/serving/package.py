@@ -66,7 +66,9 @@ def read_identity(mar: Path) -> Identity | None:
 
 
 def stage(export_dir: Path, out: Path) -> Path:
-    """The model folder exactly as TorchServe unpacks it: handler, sources, servable files."""
+    """The model folder exactly as TorchServe unpacks it: handler, sources, servable files, and
+    model.onnx where the exporter is installed and its answers match eager PyTorch's."""
+    net, pre = servable.load(export_dir)  # refuse a broken export before it reaches a server
     out.mkdir(parents=True, exist_ok=True)
     for name in servable.present(export_dir):
         shutil.copy(export_dir / name, out / name)
@@ -74,6 +76,7 @@ def stage(export_dir: Path, out: Path) -> Path:
         shutil.copy(source, out / name)
     shutil.copy(places.HANDLER, out / places.HANDLER.name)
     shutil.copy(places.MODEL_CONFIG, out / places.MODEL_CONFIG.name)
+    servable.export_onnx(net, pre.image_size, out)
     return out
 
 
@@ -81,14 +84,13 @@ def build_mar(
     export_dir: Path, version: str, store: Path, registered_model: str = "", run_id: str = ""
 ) -> Path:
     """Archive `export_dir` as `store/catsdogs_v<version>-<key>.mar` with torch-model-archiver."""
-    servable.load(export_dir)  # refuse a broken export before it reaches a server
     store.mkdir(parents=True, exist_ok=True)
     weights = hashlib.sha256((export_dir / servable.WEIGHTS).read_bytes()).hexdigest()
     identity = Identity(registered_model or places.MODEL_NAME, str(version), run_id, weights)
     with tempfile.TemporaryDirectory() as tmp:
         staged = stage(export_dir, Path(tmp) / "model")
         (staged / IDENTITY).write_text(json.dumps(asdict(identity), indent=2))
-        files = (*servable.present(export_dir), *SOURCES, IDENTITY)
+        files = (*servable.present(staged), *SOURCES, IDENTITY)
         extra = [staged / n for n in files if n != servable.WEIGHTS]
         cmd = [
             sys.executable,

