@@ -125,8 +125,9 @@ class OnnxNet:
 
 def export_onnx(net: nn.Module, image_size: int, out: Path) -> float | None:
     """Write `out/model.onnx` (any batch size, `image_size` px) and return the largest probability
-    difference from eager PyTorch on a random batch; over PARITY the file is removed again.
-    None where the exporter or ONNX Runtime is not installed (serving then stays eager)."""
+    difference from eager PyTorch on a random batch (inf where the export fails); over PARITY the
+    file is removed again. None where the exporter or ONNX Runtime is not installed (serving then
+    stays eager)."""
     try:
         import onnx  # noqa: F401  (torch.onnx.export writes through it)
         import onnxruntime  # noqa: F401
@@ -136,23 +137,27 @@ def export_onnx(net: nn.Module, image_size: int, out: Path) -> float | None:
 
     x = torch.randn(4, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     path = out / ONNX
-    with warnings.catch_warnings():  # tracing warns that shapes become constants: they are
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            net.eval(),
-            (x,),
-            str(path),
-            dynamo=False,  # the TorchScript exporter: no onnxscript, one file, static image size
-            input_names=["images"],
-            output_names=["logits"],
-            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-            opset_version=17,
-        )
-    with torch.inference_mode():
-        eager = net(x).softmax(-1)
-    difference = float((OnnxNet(path)(x).softmax(-1) - eager).abs().max())
+    try:
+        with warnings.catch_warnings():  # tracing warns that shapes become constants: they are
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                net.eval(),
+                (x,),
+                str(path),
+                dynamo=False,  # the TorchScript exporter: no onnxscript, one file, static size
+                input_names=["images"],
+                output_names=["logits"],
+                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                opset_version=17,
+            )
+        with torch.inference_mode():
+            eager = net(x).softmax(-1)
+        difference = float((OnnxNet(path)(x).softmax(-1) - eager).abs().max())
+    except Exception as exc:  # an operator the exporter or runtime lacks: the model serves eager
+        warnings.warn(f"{type(net).__name__} served eager: no ONNX export ({exc})", stacklevel=2)
+        difference = float("inf")
     if difference > PARITY:
-        path.unlink()
+        path.unlink(missing_ok=True)
     return difference
 
 

@@ -70,6 +70,19 @@ def test_a_runtime_that_differs_is_not_shipped(
     assert load_handler(staged, FakeContext(staged)).runtime == "eager"
 
 
+def test_a_network_the_exporter_cannot_trace_is_packaged_eager(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fails(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("Exporting the operator 'aten::novel' is not supported")
+
+    monkeypatch.setattr(torch.onnx, "export", fails)
+    with pytest.warns(UserWarning, match="BaselineCNN served eager: no ONNX export .*aten::novel"):
+        staged = package.stage(make_export(tmp_path / "export"), tmp_path / "model")
+    assert not (staged / servable.ONNX).exists()
+    assert load_handler(staged, FakeContext(staged)).runtime == "eager"
+
+
 def test_an_unknown_runtime_is_refused_by_name(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="runtime='tensorrt': use auto, onnx or eager"):
         servable.forward(tmp_path, torch.nn.Identity(), "tensorrt")
