@@ -11,10 +11,13 @@ preprocessing keeps), one after the other, in the same run:
 3. The original project's design, bench/fastapi_server.py (FastAPI + uvicorn, one process, the
    model inside the request), with a TorchServe worker's torch threads by default: more intra-op
    threads than free cores collapse under OpenMP's spin-waiting (see --fastapi-torch-threads).
+4. LitServe, bench/litserve_server.py: the staged model folder TorchServe serves (same runtime,
+   same decode), with TorchServe's workers, threads, batch size and delay.
 Servers get closed-loop clients (threads, one keep-alive connection each) at each concurrency for
 `--duration` seconds after a warm-up; figures: requests/s, latency percentiles, errors.
 
-Bench-only extras for 3, not project dependencies: pip install fastapi uvicorn python-multipart
+Bench-only extras for 3 and 4, not project dependencies:
+pip install fastapi uvicorn python-multipart litserve
 
 Usage: python bench/serve.py (--export-dir DIR | --model-version N [--tracking-uri URI])
        [--data ../shared/data] [--duration 15] [--concurrency 1 4 16]
@@ -53,7 +56,7 @@ from catsdogs_pl.serving import torchserve as ts
 
 WARMUP_S = 2.0
 MIN_PHOTO_BYTES = 5_000  # thumbnails and stubs are not the photos users send
-TS_PORT, FASTAPI_PORT = 18080, 18090
+TS_PORT, FASTAPI_PORT, LITSERVE_PORT = 18080, 18090, 18100
 TS_ENV = {  # every port TorchServe opens, moved away from the defaults the tests use
     "TS_INFERENCE_ADDRESS": f"http://127.0.0.1:{TS_PORT}",
     "TS_MANAGEMENT_ADDRESS": "http://127.0.0.1:18081",
@@ -63,7 +66,7 @@ TS_ENV = {  # every port TorchServe opens, moved away from the defaults the test
     "TS_INITIAL_WORKER_PORT": "19000",  # worker sockets are /tmp/.ts.sock.<port>
 }
 BOUNDARY = "catsdogs-bench"
-EXTRAS = ("fastapi", "uvicorn", "python_multipart")
+EXTRAS = ("fastapi", "uvicorn", "python_multipart", "litserve")
 
 T = TypeVar("T")
 
@@ -240,29 +243,31 @@ def multipart(data: bytes) -> bytes:
     return head.encode() + data + f"\r\n--{BOUNDARY}--\r\n".encode()
 
 
-def fastapi_load(
-    export_dir: Path, images: list[bytes], threads: int, levels: list[int], duration: float
+def server_load(
+    script: str,
+    options: list[str],
+    port: int,
+    images: list[bytes],
+    levels: list[int],
+    duration: float,
 ) -> dict[int, dict[str, Any]]:
-    """Load figures per concurrency of bench/fastapi_server.py, run as a uvicorn subprocess."""
-    server = Path(__file__).with_name("fastapi_server.py")
-    cmd = [sys.executable, str(server), "--export-dir", str(export_dir)]
-    cmd += ["--port", str(FASTAPI_PORT), "--torch-threads", str(threads)]
+    """Load figures per concurrency of a bench server (`POST /predict`, multipart field `file`)
+    run as a subprocess: bench/fastapi_server.py or bench/litserve_server.py."""
+    cmd = [sys.executable, str(Path(__file__).with_name(script)), *options, "--port", str(port)]
     proc = subprocess.Popen(cmd, stdout=sys.stderr)  # stdout is for the JSON
     try:
         deadline = time.monotonic() + 120
         while True:  # the port opens once the model is loaded
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the FastAPI server did not start: {' '.join(cmd)}")
+                raise SystemExit(f"the server did not start: {' '.join(cmd)}")
             try:
-                socket.create_connection(("127.0.0.1", FASTAPI_PORT), timeout=1).close()
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
             except OSError:
                 time.sleep(0.5)
         headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
         bodies = [multipart(data) for data in images]
-        return {
-            c: http_load(FASTAPI_PORT, "/predict", headers, bodies, c, duration) for c in levels
-        }
+        return {c: http_load(port, "/predict", headers, bodies, c, duration) for c in levels}
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -301,7 +306,7 @@ def main() -> None:
     missing = [name for name in EXTRAS if importlib.util.find_spec(name) is None]
     if missing:
         raise SystemExit(
-            f"{', '.join(missing)} missing: pip install fastapi uvicorn python-multipart"
+            f"{', '.join(missing)} missing: pip install fastapi uvicorn python-multipart litserve"
         )
     archive = args.data / "petimages-fullsize-sample.zip"
     if not archive.exists():
@@ -327,12 +332,23 @@ def main() -> None:
         )
         places.MODEL_CONFIG = tmp / "model-config.yaml"  # what stage() and build_mar() pack
         places.MODEL_CONFIG.write_text(yaml.safe_dump(config))
-        handler = load_handler(package.stage(export_dir, tmp / "model"), config)
+        model_dir = package.stage(export_dir, tmp / "model")
+        handler = load_handler(model_dir, config)
         limit, stages = in_process_rate(handler, images, workers, args.batch_size, args.duration)
         mar = package.build_mar(export_dir, "1", places.model_store())
         reported, served = torchserve_load(mar, images, args.concurrency, args.duration)
         threads = args.fastapi_torch_threads or args.torch_threads
-        fastapi = fastapi_load(export_dir, images, threads, args.concurrency, args.duration)
+        options = ["--export-dir", str(export_dir), "--torch-threads", str(threads)]
+        fastapi = server_load(
+            "fastapi_server.py", options, FASTAPI_PORT, images, args.concurrency, args.duration
+        )
+        options = ["--model-dir", str(model_dir), "--runtime", args.runtime]
+        options += ["--workers", str(workers), "--torch-threads", str(args.torch_threads)]
+        options += ["--batch-size", str(args.batch_size)]
+        options += ["--batch-timeout", str(args.max_batch_delay / 1000)]
+        litserve = server_load(
+            "litserve_server.py", options, LITSERVE_PORT, images, args.concurrency, args.duration
+        )
 
     top = max(args.concurrency)
     result = {
@@ -352,10 +368,14 @@ def main() -> None:
         "in_process_limit_images_per_s": round(limit, 1),
         "torchserve": served,
         "fastapi": fastapi,
+        "litserve": litserve,
         f"ratios_at_concurrency_{top}": {
             "torchserve_over_in_process_limit": ratio(served[top]["requests_per_s"], limit),
             "torchserve_over_fastapi": ratio(
                 served[top]["requests_per_s"], fastapi[top]["requests_per_s"]
+            ),
+            "torchserve_over_litserve": ratio(
+                served[top]["requests_per_s"], litserve[top]["requests_per_s"]
             ),
         },
     }
