@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--batch-timeout", type=float, default=0.001, help="seconds")
-    parser.add_argument("--runtime", choices=("auto", "onnx", "eager"), default="auto")
+    parser.add_argument("--runtime", choices=("auto", *servable.RUNTIMES, "eager"), default="auto")
     args = parser.parse_args()
     api = CatsDogsAPI(
         args.model_dir,

@@ -14,15 +14,18 @@ preprocessing keeps), one after the other, in the same run:
 4. LitServe, bench/litserve_server.py: the staged model folder TorchServe serves (same runtime,
    same decode), with TorchServe's workers, threads, batch size and delay.
 Servers get closed-loop clients (threads, one keep-alive connection each) at each concurrency for
-`--duration` seconds after a warm-up; figures: requests/s, latency percentiles, errors.
+`--duration` seconds after a warm-up; figures: requests/s, latency percentiles, errors. Where the
+time goes: the in-process ms per image of each stage (open, decode, normalize, forward) and, for
+TorchServe, the mean ms per request split by its own counters (client and HTTP, queue, batching
+and worker IPC, handler).
 
-Bench-only extras for 3 and 4, not project dependencies:
-pip install fastapi uvicorn python-multipart litserve
+The peers (3, 4) need the bench extra, not a project dependency: pip install -e '.[bench]'
 
 Usage: python bench/serve.py (--export-dir DIR | --model-version N [--tracking-uri URI])
        [--data ../shared/data] [--duration 15] [--concurrency 1 4 16]
        [--workers W] [--torch-threads T] [--batch-size B] [--max-batch-delay MS]
-       [--fastapi-torch-threads N] [--runtime auto|onnx|eager]
+       [--fastapi-torch-threads N] [--runtime auto|openvino|onnx|eager] [--netty-threads N]
+       [--servers torchserve litserve fastapi]
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import numpy as np
+import torch
 import yaml
 from mlflow import MlflowClient
 
@@ -66,7 +70,18 @@ TS_ENV = {  # every port TorchServe opens, moved away from the defaults the test
     "TS_INITIAL_WORKER_PORT": "19000",  # worker sockets are /tmp/.ts.sock.<port>
 }
 BOUNDARY = "catsdogs-bench"
-EXTRAS = ("fastapi", "uvicorn", "python_multipart", "litserve")
+SERVER_CLOCKS = (  # TorchServe's counters, and our handler's histogram (configs/torchserve/metrics.yaml)
+    "ts_inference_requests_total",
+    "ts_inference_latency_microseconds",  # from the frontend's receipt of a request to its answer
+    "ts_queue_latency_microseconds",
+    "CatsDogsHandlerSeconds_sum",
+    "CatsDogsHandlerSeconds_count",
+)
+SERVERS = ("torchserve", "litserve", "fastapi")
+EXTRAS = {  # the bench-only packages each peer server needs (import names)
+    "fastapi": ("fastapi", "uvicorn", "python_multipart"),
+    "litserve": ("litserve", "fastapi", "uvicorn", "python_multipart"),
+}
 
 T = TypeVar("T")
 
@@ -138,19 +153,25 @@ def http_load(
     concurrency: int,
     duration: float,
 ) -> dict[str, float | None]:
-    """Closed loop: `concurrency` clients, each sending the next photo when its answer arrived."""
+    """Closed loop: `concurrency` clients, each sending the next photo when its answer arrived.
+    `all_mean_ms`: the mean of every answer, the warm-up's too, as the server's counters see them."""
     conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=60) for _ in range(concurrency)]
+    every, lock = [0.0, 0], threading.Lock()  # seconds and count of all answers
 
     def send(lane: int, i: int) -> bool:
         conn = conns[lane]
+        start = time.perf_counter()
         try:
             conn.request("POST", path, bodies[(lane * 37 + i) % len(bodies)], headers)
             response = conn.getresponse()
             response.read()
-            return response.status == 200
         except (OSError, http.client.HTTPException):
             conn.close()  # the next request reconnects
             return False
+        with lock:
+            every[0] += time.perf_counter() - start
+            every[1] += 1
+        return response.status == 200
 
     wall, cpu = time.perf_counter(), time.process_time()
     records = run_for(concurrency, duration, send)
@@ -161,11 +182,13 @@ def http_load(
     p50, p95, p99 = np.percentile(ok_ms, [50, 95, 99]).round(1) if len(ok_ms) else [None] * 3
     return {
         "requests_per_s": round(len(ok_ms) / duration, 1),
+        "mean_ms": round(float(ok_ms.mean()), 2) if len(ok_ms) else None,
         "p50_ms": p50,
         "p95_ms": p95,
         "p99_ms": p99,
         "errors": len(records) - len(ok_ms),
         "client_cpu_cores": round(cpu / wall, 2),  # the clients share the server's cores
+        "all_mean_ms": round(1e3 * every[0] / max(every[1], 1), 2),
     }
 
 
@@ -186,32 +209,72 @@ def load_handler(model_dir: Path, config: dict[str, Any]) -> Any:
 
 
 def in_process_rate(
-    handler: Any, images: list[bytes], workers: int, batch: int, duration: float
+    handlers: list[Any], images: list[bytes], batch: int, duration: float
 ) -> tuple[float, dict[str, float]]:
-    """Images/s of decode + predict on full batches, one thread per TorchServe worker, and the
-    milliseconds per image of each stage: decode (open, check, decode, resize) and forward
-    (normalize, the network, softmax)."""
-    spent = {"decode": 0.0, "forward": 0.0}
+    """Images/s of decode + predict on full batches, one thread and handler per TorchServe worker
+    (a runtime's session may serve one call at a time, as it does in a worker), and the
+    milliseconds per image of each stage: open (the header and its checks), decode (draft JPEG
+    decoding, EXIF, RGB, resize), normalize (the float batch) and forward (the network, softmax)."""
+    spent = dict.fromkeys(("open", "decode", "normalize", "forward"), 0.0)
 
     def step(lane: int, i: int) -> int:
-        first = lane * len(images) // workers + i * batch
+        handler = handlers[lane]
+        first = lane * len(images) // len(handlers) + i * batch
         rows = [{"body": images[(first + j) % len(images)]} for j in range(batch)]
-        start = time.perf_counter()
-        decoded = [handler.decode(row)[0] for row in rows]
-        middle = time.perf_counter()
-        handler.predict(decoded)
-        spent["decode"] += middle - start
-        spent["forward"] += time.perf_counter() - middle
+        clock = [time.perf_counter()]
+        opened = [handler.open(row) for row in rows]
+        clock.append(time.perf_counter())
+        decoded = [preprocessing.decode(img, handler.pre.image_size) for img in opened]
+        clock.append(time.perf_counter())
+        x = handler.batch(decoded)
+        clock.append(time.perf_counter())
+        with torch.inference_mode():
+            handler.forward(x).softmax(-1)
+        clock.append(time.perf_counter())
+        for stage, start, end in zip(spent, clock, clock[1:], strict=False):
+            spent[stage] += end - start
         return batch
 
-    done = sum(n for _, n in run_for(workers, duration, step))
+    done = sum(n for _, n in run_for(len(handlers), duration, step))
     return done / duration, {k: round(1e3 * v / done, 2) for k, v in spent.items()}
+
+
+def server_clocks() -> dict[str, float]:
+    """TorchServe's cumulative counters of the time its requests took (all versions summed)."""
+    text = ts.check(ts.call("metrics", "GET", "/metrics", token=False), "metrics").body.decode()
+    found = dict.fromkeys(SERVER_CLOCKS, 0.0)
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in found:
+            found[name] += float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def server_stages(before: dict[str, float], after: dict[str, float], mean_ms: float) -> dict:
+    """Where a request's mean time went, in ms: outside TorchServe's clock (the client, the socket,
+    HTTP parsing), queued in the frontend, between queue and handler (the batch forming, the
+    request to and the answer from the worker process, the JSON) and in the handler (its whole
+    batch: decode and forward)."""
+    d = {name: after[name] - before[name] for name in after}
+    requests = d["ts_inference_requests_total"]
+    if not requests or not d["CatsDogsHandlerSeconds_count"]:
+        return {}
+    inside = d["ts_inference_latency_microseconds"] / 1e3 / requests
+    queue = d["ts_queue_latency_microseconds"] / 1e3 / requests
+    handler = 1e3 * d["CatsDogsHandlerSeconds_sum"] / d["CatsDogsHandlerSeconds_count"]
+    figures = {
+        "client_and_http": mean_ms - inside,
+        "queue": queue,
+        "batching_and_worker_ipc": inside - queue - handler,
+        "handler": handler,
+    }
+    return {name: round(ms, 2) for name, ms in figures.items()}
 
 
 def torchserve_load(
     mar: Path, images: list[bytes], levels: list[int], duration: float
 ) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
-    """(what TorchServe reports of the model, load figures per concurrency)."""
+    """(what TorchServe reports of the model, load figures and stages per concurrency)."""
     try:
         serve.start()
         query = urllib.parse.urlencode(
@@ -229,7 +292,14 @@ def torchserve_load(
             "Authorization": f"Bearer {ts.read_key('inference')}",
         }
         path = f"/predictions/{places.MODEL_NAME}"
-        return reported, {c: http_load(TS_PORT, path, headers, images, c, duration) for c in levels}
+        served = {}
+        for c in levels:
+            before = server_clocks()
+            served[c] = http_load(TS_PORT, path, headers, images, c, duration)
+            served[c]["ms_per_request"] = server_stages(
+                before, server_clocks(), served[c]["mean_ms"]
+            )
+        return reported, served
     finally:
         serve.stop()
 
@@ -286,28 +356,34 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path(__file__).parents[2] / "shared" / "data")
     parser.add_argument("--duration", type=float, default=15, help="seconds per measurement")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument(
+        "--servers", nargs="+", choices=SERVERS, default=list(SERVERS), help="default: all three"
+    )
     shipped = yaml.safe_load(places.MODEL_CONFIG.read_text())
     parser.add_argument("--workers", type=int, help="default: shipped, at most cores / threads")
     parser.add_argument("--torch-threads", type=int, default=shipped["handler"]["torch_threads"])
     parser.add_argument("--batch-size", type=int, default=shipped["batchSize"])
     parser.add_argument("--max-batch-delay", type=int, default=shipped["maxBatchDelay"], help="ms")
     parser.add_argument(
+        "--netty-threads", type=int, help="TorchServe's netty threads (default: config.properties)"
+    )
+    parser.add_argument(
         "--fastapi-torch-threads", type=int, help="default: --torch-threads, as one worker"
     )
     parser.add_argument(
         "--runtime",
-        choices=("auto", "onnx", "eager"),
+        choices=("auto", *servable.RUNTIMES, "eager"),
         default=shipped["handler"].get("runtime", "auto"),
         help="the handler's forward pass (model-config.yaml handler.runtime)",
     )
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
     workers = args.workers or max(1, min(shipped["minWorkers"], cores // args.torch_threads))
-    missing = [name for name in EXTRAS if importlib.util.find_spec(name) is None]
+    extras = [name for server in args.servers for name in EXTRAS.get(server, ())]
+    missing = [name for name in extras if importlib.util.find_spec(name) is None]
     if missing:
-        raise SystemExit(
-            f"{', '.join(missing)} missing: pip install fastapi uvicorn python-multipart litserve"
-        )
+        packages = " ".join(sorted({name.replace("_", "-") for name in extras}))
+        raise SystemExit(f"{', '.join(missing)} missing: pip install {packages}")
     archive = args.data / "petimages-fullsize-sample.zip"
     if not archive.exists():
         print(f"skipped: {archive} is absent (pass --data with the shared data folder)")
@@ -322,6 +398,9 @@ def main() -> None:
         images = photos(archive, tmp / "photos", pre.image_size)
         # TMPDIR: `torchserve --start/--stop` keep their PID file there, so --stop stops ours
         os.environ.update(TS_ENV, CATSDOGS_HOME=str(tmp / "home"), TMPDIR=str(tmp))
+        if args.netty_threads:  # enable_envvars_config: TS_<PROPERTY> overrides config.properties
+            os.environ["TS_NUMBER_OF_NETTY_THREADS"] = str(args.netty_threads)
+            os.environ["TS_NETTY_CLIENT_THREADS"] = str(args.netty_threads)
         config = model_config(
             shipped,
             workers,
@@ -333,24 +412,41 @@ def main() -> None:
         places.MODEL_CONFIG = tmp / "model-config.yaml"  # what stage() and build_mar() pack
         places.MODEL_CONFIG.write_text(yaml.safe_dump(config))
         model_dir = package.stage(export_dir, tmp / "model")
-        handler = load_handler(model_dir, config)
-        limit, stages = in_process_rate(handler, images, workers, args.batch_size, args.duration)
-        mar = package.build_mar(export_dir, "1", places.model_store())
-        reported, served = torchserve_load(mar, images, args.concurrency, args.duration)
+        handlers = [load_handler(model_dir, config) for _ in range(workers)]
+        limit, stages = in_process_rate(handlers, images, args.batch_size, args.duration)
+        served: dict[str, dict[int, dict[str, Any]]] = {}
+        reported = None
+        if "torchserve" in args.servers:
+            mar = package.build_mar(export_dir, "1", places.model_store())
+            reported, served["torchserve"] = torchserve_load(
+                mar, images, args.concurrency, args.duration
+            )
         threads = args.fastapi_torch_threads or args.torch_threads
-        options = ["--export-dir", str(export_dir), "--torch-threads", str(threads)]
-        fastapi = server_load(
-            "fastapi_server.py", options, FASTAPI_PORT, images, args.concurrency, args.duration
-        )
-        options = ["--model-dir", str(model_dir), "--runtime", args.runtime]
-        options += ["--workers", str(workers), "--torch-threads", str(args.torch_threads)]
-        options += ["--batch-size", str(args.batch_size)]
-        options += ["--batch-timeout", str(args.max_batch_delay / 1000)]
-        litserve = server_load(
-            "litserve_server.py", options, LITSERVE_PORT, images, args.concurrency, args.duration
-        )
+        if "fastapi" in args.servers:
+            options = ["--export-dir", str(export_dir), "--torch-threads", str(threads)]
+            served["fastapi"] = server_load(
+                "fastapi_server.py", options, FASTAPI_PORT, images, args.concurrency, args.duration
+            )
+        if "litserve" in args.servers:
+            options = ["--model-dir", str(model_dir), "--runtime", args.runtime]
+            options += ["--workers", str(workers), "--torch-threads", str(args.torch_threads)]
+            options += ["--batch-size", str(args.batch_size)]
+            options += ["--batch-timeout", str(args.max_batch_delay / 1000)]
+            served["litserve"] = server_load(
+                "litserve_server.py",
+                options,
+                LITSERVE_PORT,
+                images,
+                args.concurrency,
+                args.duration,
+            )
 
     top = max(args.concurrency)
+    rates = {name: levels[top]["requests_per_s"] for name, levels in served.items()}
+    ratios = {"torchserve_over_in_process_limit": ratio(rates.get("torchserve", 0.0), limit)}
+    for peer in ("litserve", "fastapi"):
+        if "torchserve" in rates and peer in rates:
+            ratios[f"torchserve_over_{peer}"] = ratio(rates["torchserve"], rates[peer])
     result = {
         "photos": len(images),
         "cores": cores,
@@ -360,24 +456,15 @@ def main() -> None:
             "torch_threads_per_worker": args.torch_threads,
             "batch_size": args.batch_size,
             "max_batch_delay_ms": args.max_batch_delay,
+            "netty_threads": args.netty_threads or "config.properties",
             "fastapi_torch_threads": threads,
-            "runtime": handler.runtime,
+            "runtime": handlers[0].runtime,
         },
         "in_process_ms_per_image": stages,
-        "torchserve_reported": reported,
         "in_process_limit_images_per_s": round(limit, 1),
-        "torchserve": served,
-        "fastapi": fastapi,
-        "litserve": litserve,
-        f"ratios_at_concurrency_{top}": {
-            "torchserve_over_in_process_limit": ratio(served[top]["requests_per_s"], limit),
-            "torchserve_over_fastapi": ratio(
-                served[top]["requests_per_s"], fastapi[top]["requests_per_s"]
-            ),
-            "torchserve_over_litserve": ratio(
-                served[top]["requests_per_s"], litserve[top]["requests_per_s"]
-            ),
-        },
+        "torchserve_reported": reported,
+        **served,
+        f"ratios_at_concurrency_{top}": ratios,
     }
     print(json.dumps(result, indent=2))
 

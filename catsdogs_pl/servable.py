@@ -13,8 +13,10 @@ export, package, serving, robustness, the gate and the monitor all read a model 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,7 @@ else:  # catsdogs_servable.py inside a .mar (serving/package.py ships them all)
 
 WEIGHTS = "weights.pt"
 INDEX_TO_NAME = "index_to_name.json"
-ONNX = "model.onnx"  # the same forward pass for ONNX Runtime, added by package when it can be
+ONNX = "model.onnx"  # the same forward pass for OpenVINO and ONNX Runtime, added by package when it can be
 PARITY = 1e-4  # the most a runtime's probability may differ from eager PyTorch's
 FILES = (WEIGHTS, Architecture.FILE, Preprocessing.FILE, INDEX_TO_NAME)
 TRAINING_ONLY = ("weights",)  # where training starts from: the export's weights.pt replaces it
@@ -108,6 +110,8 @@ class OnnxNet:
     (a float NCHW batch in, logits out). The file is a graph and its weights: loading it runs no
     code of its own."""
 
+    runtime = "onnx"
+
     def __init__(self, path: Path, threads: int = 1) -> None:
         import onnxruntime
 
@@ -123,15 +127,49 @@ class OnnxNet:
         return torch.from_numpy(self.session.run(None, {"images": images})[0])
 
 
+class OpenVinoNet:
+    """`model.onnx` compiled by OpenVINO for the CPU, called like OnnxNet. Float32 throughout (its
+    default on some CPUs is bf16, which answers otherwise), and no pinning of threads to cores:
+    TorchServe runs several workers, and each would pin to the same first cores."""
+
+    runtime = "openvino"
+
+    def __init__(self, path: Path, threads: int = 1) -> None:
+        import openvino
+
+        config = {
+            "INFERENCE_PRECISION_HINT": "f32",
+            "INFERENCE_NUM_THREADS": threads,
+            "NUM_STREAMS": 1,
+            "ENABLE_CPU_PINNING": False,
+        }
+        self.model = openvino.Core().compile_model(str(path), "CPU", config)
+        self.requests = threading.local()  # an infer request serves one thread at a time
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        request = getattr(self.requests, "request", None)
+        if request is None:
+            request = self.requests.request = self.model.create_infer_request()
+        images = np.ascontiguousarray(x.numpy())
+        return torch.from_numpy(request.infer({0: images})[0].copy())
+
+
+RUNTIMES = {"openvino": OpenVinoNet, "onnx": OnnxNet}  # runtime=auto: the first one installed
+MODULES = {"openvino": "openvino", "onnx": "onnxruntime"}
+
+
+def installed_runtimes() -> list[str]:
+    """The runtimes of RUNTIMES whose package is installed, in order of preference."""
+    return [name for name in RUNTIMES if importlib.util.find_spec(MODULES[name]) is not None]
+
+
 def export_onnx(net: nn.Module, image_size: int, out: Path) -> float | None:
     """Write `out/model.onnx` (any batch size, `image_size` px) and return the largest probability
-    difference from eager PyTorch on a random batch (inf where the export fails); over PARITY the
-    file is removed again. None where the exporter or ONNX Runtime is not installed (serving then
-    stays eager)."""
-    try:
-        import onnx  # noqa: F401  (torch.onnx.export writes through it)
-        import onnxruntime  # noqa: F401
-    except ImportError:
+    difference from eager PyTorch on a random batch under any installed runtime (inf where the
+    export fails); over PARITY the file is removed again. None where the exporter or every runtime
+    is missing (serving then stays eager)."""
+    runtimes = installed_runtimes()
+    if importlib.util.find_spec("onnx") is None or not runtimes:  # the exporter writes through onnx
         return None
     import warnings
 
@@ -152,7 +190,9 @@ def export_onnx(net: nn.Module, image_size: int, out: Path) -> float | None:
             )
         with torch.inference_mode():
             eager = net(x).softmax(-1)
-        difference = float((OnnxNet(path)(x).softmax(-1) - eager).abs().max())
+        difference = max(
+            float((RUNTIMES[name](path)(x).softmax(-1) - eager).abs().max()) for name in runtimes
+        )
     except Exception as exc:  # an operator the exporter or runtime lacks: the model serves eager
         warnings.warn(f"{type(net).__name__} served eager: no ONNX export ({exc})", stacklevel=2)
         difference = float("inf")
@@ -162,15 +202,12 @@ def export_onnx(net: nn.Module, image_size: int, out: Path) -> float | None:
 
 
 def forward(folder: Path, net: nn.Module, runtime: str = "auto", threads: int = 1) -> Any:
-    """What computes the logits in serving: ONNX Runtime when `folder` holds model.onnx and
-    onnxruntime is installed (`auto`, or `onnx`, which insists), else the eager network."""
-    if runtime not in ("auto", "onnx", "eager"):
-        raise ValueError(f"runtime={runtime!r}: use auto, onnx or eager")
+    """What computes the logits in serving: with `auto`, OpenVINO or else ONNX Runtime when
+    `folder` holds model.onnx and the runtime is installed, else the eager network; a runtime
+    named (`openvino`, `onnx`) insists."""
+    if runtime not in ("auto", *RUNTIMES, "eager"):
+        raise ValueError(f"runtime={runtime!r}: use auto, {', '.join(RUNTIMES)} or eager")
     if runtime == "eager" or (runtime == "auto" and not (folder / ONNX).exists()):
         return net
-    try:
-        return OnnxNet(folder / ONNX, threads)
-    except ImportError:
-        if runtime == "onnx":
-            raise
-        return net
+    names = installed_runtimes() if runtime == "auto" else [runtime]
+    return RUNTIMES[names[0]](folder / ONNX, threads) if names else net

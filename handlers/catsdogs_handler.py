@@ -97,10 +97,10 @@ class CatsDogsHandler:
         weights = context.manifest["model"].get("serializedFile", servable.WEIGHTS)
         self.net, self.pre = servable.load(model_dir, weights)
         self.classes = list(self.pre.classes)
-        # the forward pass: ONNX Runtime where the .mar holds model.onnx (package checked its
-        # answers against eager PyTorch), else the network itself
+        # the forward pass: OpenVINO or ONNX Runtime where the .mar holds model.onnx (package
+        # checked their answers against eager PyTorch), else the network itself
         self.forward = servable.forward(model_dir, self.net, config.get("runtime", "auto"), threads)
-        self.runtime = "eager" if self.forward is self.net else "onnx"
+        self.runtime = getattr(self.forward, "runtime", "eager")
         self.version = str(context.manifest["model"].get("modelVersion", ""))
         # TorchServe answers 413 to a body over max_request_size (config.properties) before it
         # reaches a worker; `max_bytes` in model-config.yaml is only for a lower limit of one model.
@@ -116,18 +116,27 @@ class CatsDogsHandler:
     def _no_counts() -> dict[str, np.ndarray]:
         return {name: np.zeros(len(e) + 1, np.int64) for name, e in stats.EDGES.items()}
 
-    def decode(self, row: dict[str, Any]) -> tuple[np.ndarray, tuple[int, int]]:
-        """One request to a uint8 HWC array and the uploaded (width, height), or BadImage naming
-        what is wrong. Opened, measured and decoded as cleaning does for the training data."""
+    def open(self, row: dict[str, Any]) -> Any:
+        """One request's image, opened and checked by its header (a PIL image, no pixels yet), or
+        BadImage naming what is wrong."""
         data = _payload(row)
         if self.max_bytes is not None and len(data) > self.max_bytes:
             raise BadImage("too_large", f"{len(data)} bytes is over the {self.max_bytes} limit")
-        img = preprocessing.open_image(data, **self.pre.limits)
+        return preprocessing.open_image(data, **self.pre.limits)
+
+    def decode(self, row: dict[str, Any]) -> tuple[np.ndarray, tuple[int, int]]:
+        """One request to a uint8 HWC array and the uploaded (width, height), or BadImage naming
+        what is wrong. Opened, measured and decoded as cleaning does for the training data."""
+        img = self.open(row)
         return preprocessing.decode(img, self.pre.image_size), img.size
 
-    def predict(self, images: list[np.ndarray]) -> torch.Tensor:
+    def batch(self, images: list[np.ndarray]) -> torch.Tensor:
+        """Decoded images as the normalised float NCHW batch the network takes."""
         batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
-        x = preprocessing.normalize(batch, self.pre.mean, self.pre.std)
+        return preprocessing.normalize(batch, self.pre.mean, self.pre.std)
+
+    def predict(self, images: list[np.ndarray]) -> torch.Tensor:
+        x = self.batch(images)
         with torch.inference_mode():
             return self.forward(x).softmax(-1)
 

