@@ -75,7 +75,7 @@ def direct_costs(handler: Any, context: Any, images: list[bytes], batch: int) ->
 
     batches = []
     for i in range(0, len(images) - batch + 1, batch):
-        decoded = [handler.decode({"body": data}) for data in images[i : i + batch]]
+        decoded = [handler.decode(data) for data in images[i : i + batch]]
         pixels, sizes = [d[0] for d in decoded], [d[1] for d in decoded]
         batches.append((pixels, sizes, handler.predict(pixels).numpy()))
     start = time.perf_counter()

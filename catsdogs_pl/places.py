@@ -33,6 +33,11 @@ def model_store() -> Path:
     return home() / "model-store"
 
 
+def captures() -> Path:
+    """The capture store: the sample of served photos kept for users' feedback (capture.py)."""
+    return home() / "captures"
+
+
 def deployments_file() -> Path:
     return home() / "deployments.json"
 
@@ -116,6 +121,14 @@ def ts_properties() -> dict[str, str]:
             key, value = line.split("=", 1)
             props[key.strip()] = value.strip()
     return props
+
+
+def capture_properties() -> dict[str, str]:
+    """config.properties' capture_* settings; TS_CAPTURE_FRACTION and friends override them (as
+    TS_ variables override TorchServe's own settings), so compose and Kubernetes turn capture on
+    without another config file."""
+    found = {k: v for k, v in ts_properties().items() if k.startswith("capture_")}
+    return {k: os.environ.get(f"TS_{k.upper()}", v) for k, v in found.items()}
 
 
 ADDRESS_KINDS = ("inference", "management", "metrics", "worker_metrics", "monitor")

@@ -10,7 +10,10 @@ cleaned by); `catsdogs_stats.py` computes the input and prediction statistics of
 reference.
 
 Accepted bodies: raw image bytes, multipart (field `data` or `file`), JSON `{"data": "<base64>"}`
-and base64 text. Answer per image: `{"label", "probabilities", "model_version"}`.
+and base64 text. Answer per image: `{"id", "label", "probabilities", "model_version"}`; the id (also
+in the X-Catsdogs-Answer-Id header) is what a user's feedback names. Where `serve` turned capture on
+(config.properties capture_fraction), a sample of answers is kept with their image bytes in the
+capture store (catsdogs_capture.py).
 
 Statistics of every accepted image and prediction are counted in the worker and emitted as the
 `CatsDogsStatistic_bucket` counters by a thread, so that a request pays for a few array reductions,
@@ -29,9 +32,11 @@ import base64
 import binascii
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
+import catsdogs_capture as capture
 import catsdogs_preprocessing as preprocessing
 import catsdogs_servable as servable
 import catsdogs_stats as stats
@@ -41,6 +46,7 @@ from catsdogs_preprocessing import BadImage
 
 _BASE64_PREFIX = "base64,"  # data URLs: data:image/jpeg;base64,...
 QUIET_S = 1.0  # seconds without a batch after which the pending statistics are emitted
+ANSWER_HEADER = "X-Catsdogs-Answer-Id"  # the answer's id, also in its JSON: what feedback names
 
 
 def _b64decode(text: str | bytes) -> bytes:
@@ -110,24 +116,24 @@ class CatsDogsHandler:
         self.lock = threading.Lock()
         self.counted = threading.Event()  # set by every batch that added to `pending`
         self.flusher: threading.Thread | None = None
+        self.captures = capture.Store.from_env()  # None unless serve turned capture on
         self.initialized = True
 
     @staticmethod
     def _no_counts() -> dict[str, np.ndarray]:
         return {name: np.zeros(len(e) + 1, np.int64) for name, e in stats.EDGES.items()}
 
-    def open(self, row: dict[str, Any]) -> Any:
-        """One request's image, opened and checked by its header (a PIL image, no pixels yet), or
+    def open(self, data: bytes) -> Any:
+        """One upload's image, opened and checked by its header (a PIL image, no pixels yet), or
         BadImage naming what is wrong."""
-        data = _payload(row)
         if self.max_bytes is not None and len(data) > self.max_bytes:
             raise BadImage("too_large", f"{len(data)} bytes is over the {self.max_bytes} limit")
         return preprocessing.open_image(data, **self.pre.limits)
 
-    def decode(self, row: dict[str, Any]) -> tuple[np.ndarray, tuple[int, int]]:
-        """One request to a uint8 HWC array and the uploaded (width, height), or BadImage naming
-        what is wrong. Opened, measured and decoded as cleaning does for the training data."""
-        img = self.open(row)
+    def decode(self, data: bytes) -> tuple[np.ndarray, tuple[int, int]]:
+        """One upload to a uint8 HWC array and its (width, height), or BadImage naming what is
+        wrong. Opened, measured and decoded as cleaning does for the training data."""
+        img = self.open(data)
         return preprocessing.decode(img, self.pre.image_size), img.size
 
     def batch(self, images: list[np.ndarray]) -> torch.Tensor:
@@ -176,6 +182,14 @@ class CatsDogsHandler:
                     break
             self.flush(metrics, version)
 
+    def _capture(
+        self, answer: Any, upload: bytes, context: Any, idx: int, version: list[Any]
+    ) -> None:
+        """Keep the answer and its image in the capture store; a disk that refuses is counted,
+        and the answer goes out all the same."""
+        if not self.captures.keep(answer, upload):
+            context.metrics.add_counter("CatsDogsCaptureFailures", 1, idx=idx, dimensions=version)
+
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[dict[str, Any]]:
         from ts.metrics.dimension import Dimension  # TorchServe's runtime, present in a worker
         from ts.metrics.metric_type_enum import MetricTypes
@@ -186,11 +200,14 @@ class CatsDogsHandler:
         good: list[int] = []
         images: list[np.ndarray] = []
         sizes: list[tuple[int, int]] = []
+        uploads: list[bytes] = []
         for i, row in enumerate(data):
             try:
-                image, size = self.decode(row)
+                upload = _payload(row)
+                image, size = self.decode(upload)
                 images.append(image)
                 sizes.append(size)
+                uploads.append(upload)
                 good.append(i)
             except BadImage as exc:
                 results[i] = {"error": exc.reason, "message": exc.detail}
@@ -200,15 +217,25 @@ class CatsDogsHandler:
         decoded = time.perf_counter()
         if images:
             probs = self.predict(images).numpy()
-            for i, p in zip(good, probs.tolist(), strict=True):
-                label = self.classes[int(np.argmax(p))]
+            for i, upload, p in zip(good, uploads, probs.tolist(), strict=True):
+                answer = capture.Capture(
+                    id=uuid.uuid4().hex,
+                    version=self.version,
+                    label=self.classes[int(np.argmax(p))],
+                    probabilities={c: round(v, 6) for c, v in zip(self.classes, p, strict=True)},
+                    time=time.time(),
+                )
                 results[i] = {
-                    "label": label,
-                    "probabilities": {c: round(v, 6) for c, v in zip(self.classes, p, strict=True)},
+                    "id": answer.id,
+                    "label": answer.label,
+                    "probabilities": answer.probabilities,
                     "model_version": self.version,
                 }
-                dims = [Dimension("Label", label), *version]
+                context.set_response_header(i, ANSWER_HEADER, answer.id)
+                dims = [Dimension("Label", answer.label), *version]
                 context.metrics.add_counter("CatsDogsPredictions", 1, idx=i, dimensions=dims)
+                if self.captures is not None and self.captures.sampled():
+                    self._capture(answer, upload, context, i, version)
             self.observe(images, sizes, probs)
         done = time.perf_counter()
         idx = good[0] if good else 0

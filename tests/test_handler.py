@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from catsdogs_pl import preprocessing, servable
+from catsdogs_pl import capture, preprocessing, servable
 from catsdogs_pl.data.datamodule import CatsDogsDataModule
 from catsdogs_pl.data.prepare import Settings
 from catsdogs_pl.serving import package
@@ -137,7 +137,7 @@ def test_parity_with_training_evaluation(tmp_path: Path, model_dir: Path) -> Non
 
     context = FakeContext(model_dir)
     handler = load_handler(model_dir, context)
-    decoded = [handler.decode({"body": (src / rel).read_bytes()})[0] for rel in val_files]
+    decoded = [handler.decode((src / rel).read_bytes())[0] for rel in val_files]
     batch = torch.from_numpy(np.stack(decoded)).permute(0, 3, 1, 2)
     serve_side = preprocessing.normalize(batch, tuple(handler.pre.mean), tuple(handler.pre.std))
     assert torch.equal(serve_side, train_side)
@@ -198,3 +198,48 @@ def test_steady_traffic_still_flushes_every_interval(model_dir: Path) -> None:
         sent += 1
         time.sleep(quiet / 10)
     _wait_for_flush(context, sent, seconds=2 * quiet)
+
+
+def test_every_answer_has_an_id_in_its_json_and_header(handler_and_context) -> None:
+    answers, context = run(handler_and_context, [{"body": JPEG}, {"body": b"x"}, {"body": PNG}])
+    ids = [answers[0]["id"], answers[2]["id"]]
+    assert all(capture.valid_id(i) for i in ids) and ids[0] != ids[1]
+    name = sys.modules["catsdogs_handler"].ANSWER_HEADER  # as load_handler imported it
+    assert context.headers == {0: {name: ids[0]}, 2: {name: ids[1]}}
+    assert "id" not in answers[1]  # a refused upload has no answer to refer to
+
+
+def test_a_sample_of_answers_is_captured_with_its_bytes(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    values = {"capture_fraction": "1"}
+    monkeypatch.setenv(capture.ENV, capture.settings(values, tmp_path / "captures"))
+    context = FakeContext(model_dir)
+    handler = load_handler(model_dir, context)
+    answers = handler.handle([{"body": JPEG}, {"data": PNG}, {"body": b""}], context)
+    store = handler.captures
+    kept = {c.id: c for c in store.captures()}
+    assert set(kept) == {answers[0]["id"], answers[1]["id"]}
+    assert store.image(answers[0]["id"]) == JPEG and store.image(answers[1]["id"]) == PNG
+    one = kept[answers[0]["id"]]
+    assert (one.label, one.version, one.probabilities) == (
+        answers[0]["label"],
+        "3",
+        answers[0]["probabilities"],
+    )
+
+
+def test_a_full_disk_never_fails_an_answer(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(capture.ENV, capture.settings({"capture_fraction": "1"}, tmp_path / "c"))
+    context = FakeContext(model_dir)
+    handler = load_handler(model_dir, context)
+
+    def full(path: Path, data: bytes) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    (answer,) = handler.handle([{"body": JPEG}], context)
+    assert answer["label"] in ("cat", "dog") and context.statuses == {}
+    assert "CatsDogsCaptureFailures" in [name for name, _, _ in context.metrics.calls]

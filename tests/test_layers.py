@@ -12,10 +12,11 @@ from catsdogs_pl import servable
 PACKAGE = Path(__file__).resolve().parents[1] / "catsdogs_pl"
 LAYERS = [  # lowest first; a module is in the first layer one of whose prefixes it matches
     (
-        "foundation: errors, state folder and ports, config, the contract files, preprocessing, "
-        "statistics, metrics over HTTP",
+        "foundation: errors, state folder and ports, config, the contract files, the capture "
+        "store, preprocessing, statistics, metrics over HTTP",
         [
             "errors",
+            "capture",
             "places",
             "config",
             "contracts",
@@ -46,8 +47,11 @@ LAYERS = [  # lowest first; a module is in the first layer one of whose prefixes
             "serving.torchserve",
         ],
     ),
-    ("training, serving, monitoring", ["training", "serving", "monitoring.monitor"]),
-    ("commands", ["fit", "monitor", "demo", "mlflow_server", "data.__main__"]),
+    (
+        "training, serving, monitoring",
+        ["training", "serving", "monitoring.monitor", "monitoring.feedback"],
+    ),
+    ("commands", ["fit", "monitor", "feedback", "demo", "mlflow_server", "data.__main__"]),
 ]
 SIDES = ("training", "serving", "monitoring")
 

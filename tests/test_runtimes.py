@@ -36,7 +36,7 @@ def _handlers(export: Path, tmp_path: Path, runtime: str) -> tuple[Any, Any]:
 
 
 def _compare(fast: Any, eager: Any, photos: list[bytes], report: Any, name: str) -> None:
-    images = [fast.decode({"body": data})[0] for data in photos]
+    images = [fast.decode(data)[0] for data in photos]
     found, expected = [], []
     for start in range(0, len(images), 8):  # the server's batch size
         found.append(fast.predict(images[start : start + 8]))

@@ -30,6 +30,7 @@ CODE = places.ROOT / "catsdogs_pl"
 SOURCES = {  # file shipped in the .mar -> where it comes from; the handler imports these names
     "catsdogs_servable.py": CODE / "servable.py",
     "catsdogs_contracts.py": CODE / "contracts.py",
+    "catsdogs_capture.py": CODE / "capture.py",
     "catsdogs_errors.py": CODE / "errors.py",
     "catsdogs_preprocessing.py": CODE / "preprocessing.py",
     "catsdogs_stats.py": CODE / "monitoring" / "stats.py",

@@ -63,10 +63,14 @@ class FakeContext:
         self.manifest = {"model": {"modelVersion": version, "serializedFile": servable.WEIGHTS}}
         self.model_yaml_config = config
         self.statuses: dict[int, tuple[int, str]] = {}
+        self.headers: dict[int, dict[str, str]] = {}
         self.metrics = FakeMetrics()
 
     def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
         self.statuses[idx] = (code, phrase)
+
+    def set_response_header(self, idx: int, key: str, value: str) -> None:
+        self.headers.setdefault(idx, {})[key] = value
 
 
 def load_handler(model_dir: Path, context: FakeContext) -> Any:

@@ -1,0 +1,158 @@
+"""Users' labels for served answers: what a photo really was, named by the answer's id.
+
+Only captured answers can be labelled: the capture store keeps the photo a label is about, and the
+label becomes training data (`python -m catsdogs_pl.data feedback-export`). The classes a label may
+name are the ones the answer's version was trained on (its probabilities' keys). One function,
+`give`, decides for `POST /feedback` on the monitor's port and for `python -m catsdogs_pl.feedback
+add FILE.csv` alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hmac
+import json
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from catsdogs_pl import capture, errors, places
+from catsdogs_pl.capture import Feedback, Store
+from catsdogs_pl.serving import torchserve as ts
+
+RATE_PER_S = 50.0  # POST /feedback accepted per second, after a burst of BURST: a flood gets 429
+BURST = 200
+
+
+class Refused(Exception):
+    """Feedback that is not recorded: `status` is its HTTP code, the message says why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def give(store: Store, answer_id: str, label: str) -> dict[str, Any]:
+    """Record `label` for the captured answer `answer_id`; the later label of an id stands."""
+    found = store.get(answer_id)
+    if found is None:
+        raise Refused(
+            404,
+            f"no captured answer {answer_id[:64]!r}: only captured answers can be labelled "
+            "(config.properties capture_fraction), and the oldest are removed "
+            "(capture_max_age_days, capture_max_mb)",
+        )
+    classes = sorted(found.probabilities)
+    if label not in classes:
+        raise Refused(400, f"label {label[:64]!r}: use one of {', '.join(classes)}")
+    before = store.set_feedback(answer_id, Feedback(label))
+    return {
+        "id": answer_id,
+        "label": label,
+        "answered": found.label,
+        "replaced": before.label if before else None,  # the same id again: this label stands
+    }
+
+
+class Bucket:
+    """A token bucket: `take()` is False once more than BURST came faster than RATE_PER_S."""
+
+    def __init__(self, rate: float = RATE_PER_S, burst: float = BURST) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens, self.when = burst, time.monotonic()
+        self.lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self.lock:
+            now = time.monotonic()
+            self.tokens = min(self.burst, self.tokens + (now - self.when) * self.rate)
+            self.when = now
+            if self.tokens < 1:
+                return False
+            self.tokens -= 1
+            return True
+
+
+def authorized(headers: Mapping[str, str]) -> bool:
+    """The inference key of the state folder (the one clients predict with), as TorchServe checks
+    it; anything goes where token authorization is off."""
+    if not ts.token_auth():
+        return True
+    key = ts.read_key("inference")
+    given = (headers.get("Authorization") or "").removeprefix("Bearer ").strip()
+    return bool(key) and hmac.compare_digest(given.encode(), key.encode())
+
+
+def route(store: Store | None = None, bucket: Bucket | None = None) -> Any:
+    """The `POST /feedback` route for prometheus.expose: `{"id": ..., "label": ...}` in, the
+    recorded feedback or an error naming what was wrong out."""
+    bucket = bucket or Bucket()
+
+    def post(body: bytes, headers: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
+        if not authorized(headers):
+            return 401, {"error": "send the inference key: Authorization: Bearer <key>"}
+        if not bucket.take():
+            return 429, {"error": f"over {RATE_PER_S:g} feedback requests per second"}
+        try:
+            sent = json.loads(body)
+        except ValueError:
+            sent = None
+        if not (isinstance(sent, dict) and isinstance(sent.get("id"), str)):
+            return 400, {"error": 'send a JSON object {"id": "<answer id>", "label": "cat"}'}
+        if not isinstance(sent.get("label"), str):
+            return 400, {"error": 'the "label" must be a class name, e.g. "cat"'}
+        try:
+            return 200, give(store or default_store(), sent["id"], sent["label"])
+        except Refused as exc:
+            return exc.status, {"error": str(exc)}
+
+    return post
+
+
+def default_store() -> Store:
+    """The capture store of the state folder, for reading and labelling (its limits matter only
+    to the handler that writes captures)."""
+    return Store(places.captures(), capture.Limits())
+
+
+def add_csv(store: Store, path: str) -> tuple[int, list[str]]:
+    """Give the labels of a CSV file of `id,label` rows (a header row is allowed): how many were
+    recorded, and a line per refused row saying why."""
+    recorded, refused = 0, []
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.reader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise errors.ConfigError(
+            f"cannot read {path} as a CSV file of id,label rows: {exc}"
+        ) from exc
+    for number, row in enumerate(rows, start=1):
+        cells = [cell.strip() for cell in row]
+        if number == 1 and cells[:2] == ["id", "label"] or not any(cells):
+            continue
+        if len(cells) != 2:
+            refused.append(f"line {number}: {len(cells)} cells, expected id,label")
+            continue
+        try:
+            give(store, *cells)
+            recorded += 1
+        except Refused as exc:
+            refused.append(f"line {number}: {exc}")
+    return recorded, refused
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m catsdogs_pl.feedback", description=__doc__.splitlines()[0]
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    add = commands.add_parser("add", help="labels from a CSV file of id,label rows")
+    add.add_argument("csv", help="FILE.csv: one id,label row per answer (a header row is allowed)")
+    args = parser.parse_args(argv)
+    recorded, refused = add_csv(default_store(), args.csv)
+    for line in refused:
+        print(f"refused {line}")
+    print(f"{recorded} labels recorded, {len(refused)} refused, in {places.captures()}")
+    return 1 if refused else 0

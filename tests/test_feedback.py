@@ -1,0 +1,117 @@
+"""Users' labels come in on the monitor's port and from CSV files: each bad case gets its own answer,
+and only captured answers can be labelled."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from catsdogs_pl import places, prometheus
+from catsdogs_pl.capture import Capture, Limits, Store
+from catsdogs_pl.monitoring import feedback
+from catsdogs_pl.serving import torchserve as ts
+from tests.helpers.ports import free_ports
+
+KEY = "k" * 32
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Store:
+    """The state folder's capture store with two answers, and TorchServe's key file."""
+    monkeypatch.setenv("CATSDOGS_HOME", str(tmp_path))
+    (tmp_path / ts.KEY_FILE).write_text(json.dumps({"inference": {"key": KEY}}))
+    found = Store(places.captures(), Limits(fraction=1.0))
+    for label in ("cat", "dog"):
+        answer = Capture(uuid.uuid4().hex, "2", label, {"cat": 0.8, "dog": 0.2}, time.time())
+        found.keep(answer, b"image")
+    return found
+
+
+@pytest.fixture
+def post(store: Store, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """POST to /feedback of a monitor port on a free port: (status, answer)."""
+    port = free_ports(1)[0]
+    monkeypatch.setenv("TS_MONITOR_ADDRESS", f"http://127.0.0.1:{port}")
+    bucket = feedback.Bucket(rate=0.001, burst=20)
+    server = prometheus.expose("monitor", lambda: "", {"/feedback": feedback.route(None, bucket)})
+
+    def send(body: Any, key: str | None = KEY, raw: bytes | None = None) -> tuple[int, dict]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        headers = {"Content-Type": "application/json"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        conn.request("POST", "/feedback", raw if raw is not None else json.dumps(body), headers)
+        response = conn.getresponse()
+        answer = (response.status, json.loads(response.read()))
+        conn.close()
+        return answer
+
+    yield send
+    server.shutdown()
+
+
+def test_a_label_is_recorded_and_the_later_one_stands(store: Store, post: Any) -> None:
+    first = store.captures()[0]
+    assert post({"id": first.id, "label": "dog"}) == (
+        200,
+        {"id": first.id, "label": "dog", "answered": first.label, "replaced": None},
+    )
+    status, answer = post({"id": first.id, "label": "cat"})
+    assert (status, answer["replaced"]) == (200, "dog")
+    assert store.feedback(first.id).label == "cat"
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "status", "says"),
+    [
+        ({"id": uuid.uuid4().hex, "label": "cat"}, KEY, 404, "no captured answer"),
+        ({"id": "../../etc", "label": "cat"}, KEY, 404, "no captured answer"),
+        ("first", KEY, 400, "use one of cat, dog"),  # "first": the first capture's id
+        ({"label": "cat"}, KEY, 400, 'send a JSON object {"id"'),
+        ("first-no-label", KEY, 400, 'the "label" must be a class name'),
+        ({"id": "x", "label": "cat"}, None, 401, "send the inference key"),
+        ({"id": "x", "label": "cat"}, "wrong", 401, "send the inference key"),
+    ],
+)
+def test_bad_feedback_is_refused_naming_why(
+    store: Store, post: Any, body: Any, key: str | None, status: int, says: str
+) -> None:
+    first = store.captures()[0].id
+    if isinstance(body, str):  # a case about the first capture, whose id the fixture chose
+        body = {"first": {"id": first, "label": "horse"}, "first-no-label": {"id": first}}[body]
+    got, answer = post(body, key)
+    assert got == status and says in answer["error"]
+    assert store.feedback(first) is None
+
+
+def test_an_oversized_or_malformed_body_is_refused(post: Any) -> None:
+    status, answer = post(None, raw=b"{" * (prometheus.MAX_BODY + 1))
+    assert status == 413 and str(prometheus.MAX_BODY) in answer["error"]
+    assert post(None, raw=b"not json")[0] == 400
+
+
+def test_a_flood_is_bounded(store: Store, post: Any) -> None:
+    first = store.captures()[0].id
+    codes = [post({"id": first, "label": "cat"})[0] for _ in range(30)]
+    assert codes[:20] == [200] * 20 and set(codes[20:]) == {429}
+
+
+def test_a_csv_file_says_what_it_accepted_and_refused(
+    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cat, dog = store.captures()
+    rows = f"id,label\n{cat.id},dog\n{dog.id},dog\n{uuid.uuid4().hex},cat\n{cat.id},horse\nx\n"
+    (tmp_path / "labels.csv").write_text(rows)
+    assert feedback.main(["add", str(tmp_path / "labels.csv")]) == 1
+    out = capsys.readouterr().out
+    assert "2 labels recorded, 3 refused" in out
+    assert "line 4: no captured answer" in out and "line 5: label 'horse'" in out
+    assert "line 6: 1 cells, expected id,label" in out
+    assert store.feedback(cat.id).label == "dog" and store.feedback(dog.id).label == "dog"
