@@ -66,6 +66,7 @@ def _declared_metrics() -> set[str]:
     """Metric names Prometheus can see: metrics.yaml (histograms as _bucket), serve's own and the
     drift monitor's gauges."""
     from catsdogs_pl.monitoring.drift import GAUGES
+    from catsdogs_pl.monitoring.feedback import LABELLED
 
     spec = yaml.safe_load((CONFIGS / "torchserve" / "metrics.yaml").read_text())
     names = set()
@@ -74,7 +75,7 @@ def _declared_metrics() -> set[str]:
             suffix = "_bucket" if kind == "histogram" else ""
             names |= {m["name"] + suffix for m in metrics}
     names |= set(re.findall(r"^# TYPE (\w+)", serve.worker_metrics(), flags=re.M))
-    names |= set(GAUGES)
+    names |= set(GAUGES) | set(LABELLED)
     return names | {"up"}
 
 
@@ -103,6 +104,7 @@ def test_alerts_and_dashboard_use_metrics_that_exist() -> None:
         "CatsDogsNoReadyWorker",
         "CatsDogsInputDrift",
         "CatsDogsConfidenceDrop",
+        "CatsDogsLabelledAccuracyDrop",
         "CatsDogsMonitorDown",
     }
     dashboard = json.loads((CONFIGS / "grafana" / "dashboards" / "catsdogs.json").read_text())
@@ -112,6 +114,7 @@ def test_alerts_and_dashboard_use_metrics_that_exist() -> None:
     titles = " ".join(p["title"] for p in dashboard["panels"]).lower()
     topics = ("requests", "latency", "5xx", "label", "reason", "workers")
     topics += ("drift", "accuracy", "share", "input statistics", "confidence", "monitor")
+    topics += ("users' labels", "labelled answers")
     for topic in topics:
         assert topic in titles, topic
 

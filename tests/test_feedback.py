@@ -115,3 +115,29 @@ def test_a_csv_file_says_what_it_accepted_and_refused(
     assert "line 4: no captured answer" in out and "line 5: label 'horse'" in out
     assert "line 6: 1 cells, expected id,label" in out
     assert store.feedback(cat.id).label == "dog" and store.feedback(dog.id).label == "dog"
+
+
+def test_labelled_accuracy_per_version_over_the_window(tmp_path: Path) -> None:
+    found = Store(tmp_path, Limits(fraction=1.0))
+    found.next_prune = float("inf")
+    now = time.time()
+    answers = [  # (version, answered, the user's label, captured seconds ago)
+        ("2", "cat", "cat", 10),
+        ("2", "dog", "cat", 20),
+        ("2", "dog", "dog", 7200),  # outside a one-hour window
+        ("3", "cat", "cat", 30),
+        ("3", "dog", None, 40),  # never labelled
+    ]
+    for version, answered, given, ago in answers:
+        answer = Capture(uuid.uuid4().hex, version, answered, {"cat": 0.5, "dog": 0.5}, now - ago)
+        found.keep(answer, b"x")
+        if given:
+            feedback.give(found, answer.id, given)
+    recent = feedback.tally(found, now - 3600)
+    assert {v: (t.labelled, t.correct) for v, t in recent.items()} == {"2": (2, 1), "3": (1, 1)}
+    everything = feedback.tally(found)
+    assert (everything["2"].labelled, everything["2"].correct) == (3, 2)
+    text = feedback.gauges(recent)
+    assert 'catsdogs_labelled_accuracy{model_version="2"} 0.5' in text
+    assert 'catsdogs_labelled_answers{model_version="3"} 1' in text
+    assert "labelled answers of v2: 1/2 right, accuracy 0.500" in feedback.report(recent)

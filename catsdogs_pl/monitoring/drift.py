@@ -184,12 +184,14 @@ def gauges(comparisons: list[Comparison], timestamp: float) -> str:
     for c in comparisons:
         v = c.version
         add("catsdogs_monitored_images", c.images, model_version=v)
+        # the version's own figure, not a judgement of the window: also what the labelled
+        # accuracy is held against (CatsDogsLabelledAccuracyDrop)
+        add("catsdogs_reference_accuracy", c.reference_accuracy, model_version=v)
         if not c.judged:
             continue
         for name, value in c.psi.items():
             add("catsdogs_drift_psi", value, statistic=name, model_version=v)
         add("catsdogs_estimated_accuracy", c.estimated_accuracy, model_version=v)
-        add("catsdogs_reference_accuracy", c.reference_accuracy, model_version=v)
         add("catsdogs_mean_confidence", c.mean_confidence, model_version=v, source="served")
         add("catsdogs_mean_confidence", c.reference_confidence, model_version=v, source="reference")
         for label, share in c.predicted_share.items():

@@ -16,6 +16,7 @@ import json
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from catsdogs_pl import capture, errors, places
@@ -54,6 +55,59 @@ def give(store: Store, answer_id: str, label: str) -> dict[str, Any]:
         "answered": found.label,
         "replaced": before.label if before else None,  # the same id again: this label stands
     }
+
+
+LABELLED = {  # the monitor's gauges of users' labels, per served version, over its window
+    "catsdogs_labelled_answers": "Captured answers that users labelled (POST /feedback)",
+    "catsdogs_labelled_correct": "Labelled answers the version got right",
+    "catsdogs_labelled_accuracy": "Accuracy on users' labels (a sample users chose to label)",
+}
+
+
+@dataclass
+class Tally:
+    """Labelled and correct answers of one version."""
+
+    labelled: int = 0
+    correct: int = 0
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.labelled if self.labelled else float("nan")
+
+
+def tally(store: Store, since: float = 0.0) -> dict[str, Tally]:
+    """Per version, the labelled answers captured at or after `since` (a Unix time)."""
+    found: dict[str, Tally] = {}
+    for answer in store.captures():
+        given = store.feedback(answer.id) if answer.time >= since else None
+        if given is not None:
+            counts = found.setdefault(answer.version, Tally())
+            counts.labelled += 1
+            counts.correct += given.label == answer.label
+    return found
+
+
+def gauges(tallies: dict[str, Tally]) -> str:
+    """Prometheus text of LABELLED."""
+    values = {name: [] for name in LABELLED}
+    for version, t in sorted(tallies.items()):
+        for name, value in zip(LABELLED, (t.labelled, t.correct, t.accuracy), strict=True):
+            values[name].append(f'{name}{{model_version="{version}"}} {value:.10g}')
+    lines = []
+    for name, help_text in LABELLED.items():
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", *values[name]]
+    return "\n".join(lines) + "\n"
+
+
+def report(tallies: dict[str, Tally]) -> str:
+    """The monitor's lines about users' labels."""
+    if not tallies:
+        return "labelled answers: none yet (POST /feedback, python -m catsdogs_pl.feedback)"
+    return "\n".join(
+        f"labelled answers of v{v}: {t.correct}/{t.labelled} right, accuracy {t.accuracy:.3f}"
+        for v, t in sorted(tallies.items())
+    )
 
 
 class Bucket:

@@ -4,13 +4,17 @@ reference (input drift per statistic, confidence, predicted class ratio, estimat
   monitor                           totals since TorchServe started, from its metrics endpoint
   monitor --window 600              the next 10 minutes (two scrapes of the metrics endpoint)
   monitor --prometheus URL --window 3600   the last hour, from Prometheus (docker compose)
-  monitor ... --serve [--interval 60]      keep comparing; gauges at monitor_address/metrics
+  monitor ... --serve [--interval 60]      keep comparing; gauges at monitor_address/metrics,
+                                           and users' labels taken at POST /feedback there
 
 Each version's reference (`reference.json`, written by fit) comes from its newest `.mar` in the
 model store (`$CATSDOGS_HOME`), else from the registry (`servable/reference.json` of the version's
 run; needs mlflow), so a monitor without the model store (Kubernetes) compares too. A version whose
 reference cannot be read now (an archive being rewritten, a registry that does not answer) is
 reported as skipped, with why, and read again the next round.
+
+Beside the drift figures: the accuracy on users' labels of captured answers (monitoring/feedback.py)
+per version, of the answers captured in the window.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import numpy as np
 
 from catsdogs_pl import errors, places, prometheus
 from catsdogs_pl.contracts import Reference
-from catsdogs_pl.monitoring import drift, reference, stats
+from catsdogs_pl.monitoring import drift, feedback, reference, stats
 
 BUCKETS = f"{stats.METRIC}_bucket"
 PREDICTIONS = "CatsDogsPredictions"
@@ -254,19 +258,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.prometheus and not args.window:
         raise errors.ConfigError("--prometheus needs a --window in seconds, e.g. 3600")
     monitor = Monitor(args.prometheus, args.window)
+    store = feedback.default_store()
+
+    def labelled() -> dict[str, feedback.Tally]:  # captured in the window (0: all kept)
+        return feedback.tally(store, time.time() - args.window if args.window else 0.0)
+
     if not args.serve:
         comparisons = monitor.compare_window()
         if args.window and not args.prometheus:  # natively: a second scrape, a window later
             time.sleep(args.window)
             comparisons = monitor.compare_window()
         print(drift.report(comparisons, _window_text(args)))
+        print(feedback.report(labelled()))
         return 0
-    prometheus.expose("monitor", lambda: monitor.latest)
-    print(f"monitor: gauges at {places.address('monitor')}/metrics", flush=True)
+    prometheus.expose(
+        "monitor",
+        lambda: monitor.latest + feedback.gauges(labelled()),
+        {"/feedback": feedback.route(store)},
+    )
+    print(f"monitor: gauges at {places.address('monitor')}/metrics, POST /feedback", flush=True)
     stop = threading.Event()
     while not stop.is_set():
         try:
             print(drift.report(monitor.compare_window(), _window_text(args)), flush=True)
+            print(feedback.report(labelled()), flush=True)
         except errors.UnreachableError as exc:
             print(f"monitor: {exc}", file=sys.stderr, flush=True)
         stop.wait(args.interval)
