@@ -102,6 +102,11 @@ class Store:
         store = cls(Path(found.pop("folder")), Limits(**found))
         return store if store.limits.fraction > 0 else None
 
+    @classmethod
+    def reader(cls, folder: Path) -> Store:
+        """A store to read and label (its limits matter only to the handler, which writes)."""
+        return cls(folder, Limits())
+
     def sampled(self) -> bool:
         return self.draw() < self.limits.fraction
 

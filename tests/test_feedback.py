@@ -15,8 +15,11 @@ import pytest
 
 from catsdogs_pl import places, prometheus
 from catsdogs_pl.capture import Capture, Limits, Store
+from catsdogs_pl.data import feedback as data_feedback
+from catsdogs_pl.data.prepare import Settings, prepare, read_manifest
 from catsdogs_pl.monitoring import feedback
 from catsdogs_pl.serving import torchserve as ts
+from tests.helpers.images import image_bytes
 from tests.helpers.ports import free_ports
 
 KEY = "k" * 32
@@ -141,3 +144,50 @@ def test_labelled_accuracy_per_version_over_the_window(tmp_path: Path) -> None:
     assert 'catsdogs_labelled_accuracy{model_version="2"} 0.5' in text
     assert 'catsdogs_labelled_answers{model_version="3"} 1' in text
     assert "labelled answers of v2: 1/2 right, accuracy 0.500" in feedback.report(recent)
+
+
+def test_labels_become_the_next_dataset_and_conflicts_are_flagged(
+    class_folders: Path, tmp_path: Path
+) -> None:
+    settings = Settings(image_size=32, val_fraction=0.2, test_fraction=0.2)
+    first = prepare(class_folders, tmp_path / "v1", settings, workers=2, progress=False)
+    before = {r.sha256: r.split for r in read_manifest(tmp_path / "v1" / "manifest.csv")}
+    found = Store(tmp_path / "captures", Limits(fraction=1.0))
+    found.next_prune = float("inf")
+    uploads = {  # what the user said, what the server answered with which confidence, the bytes
+        "new": ("cat", "cat", 0.6, image_bytes(77, (64, 48))),
+        "relabelled": ("dog", "cat", 0.55, image_bytes(78, (64, 48))),
+        "conflict": ("dog", "cat", 0.97, image_bytes(79, (64, 48))),
+        "known": ("cat", "cat", 0.99, (class_folders / "Cat" / "3.jpg").read_bytes()),
+    }
+    ids = {}
+    for name, (given, answered, p, data) in uploads.items():
+        probabilities = {answered: p, ({"cat", "dog"} - {answered}).pop(): 1 - p}
+        answer = Capture(uuid.uuid4().hex, "1", answered, probabilities, time.time())
+        found.keep(answer, data)
+        feedback.give(found, answer.id, "cat" if name == "relabelled" else given)
+        ids[name] = answer.id
+    found.keep(Capture(uuid.uuid4().hex, "1", "dog", {"dog": 1.0, "cat": 0.0}, 1.0), b"x")
+    assert data_feedback.export(found, tmp_path / "labels") == {"cat": 3, "dog": 1}
+    feedback.give(found, ids["relabelled"], "dog")  # the later label stands, and moves the photo
+    assert data_feedback.export(found, tmp_path / "labels") == {"cat": 2, "dog": 2}
+    assert not (tmp_path / "labels" / "cat" / f"{ids['relabelled']}.jpg").exists()
+    second = prepare(
+        class_folders,
+        tmp_path / "v2",
+        settings,
+        workers=2,
+        progress=False,
+        added=[tmp_path / "labels"],
+    )
+    rows = {r.relpath: r for r in read_manifest(tmp_path / "v2" / "manifest.csv")}
+    assert all(before[r.sha256] == r.split for r in rows.values() if r.sha256 in before and r.split)
+    assert rows[f"+1/cat/{ids['new']}.jpg"].status == "kept"
+    assert rows[f"+1/dog/{ids['relabelled']}.jpg"].status == "kept"
+    flagged = rows[f"+1/dog/{ids['conflict']}.jpg"]
+    assert (flagged.status, flagged.reason) == ("rejected", "feedback_conflict")
+    assert "v1 answered cat with 0.97" in flagged.detail
+    assert rows[f"+1/cat/{ids['known']}.jpg"].reason == "duplicate"
+    assert second.kept == first.kept + 2
+    assert second.dataset_version != first.dataset_version
+    assert str(tmp_path / "labels") in second.source

@@ -4,6 +4,12 @@ Outputs in `out/`: `manifest.csv` (one row per source file, with its reason when
 `summary.json` (counts, settings, `dataset_version`), `preprocessing.json` (what serving must do)
 and `cache/<size>px/` (the training arrays). A second run with the same source and settings reuses
 them all; a changed source re-cleans, a changed split or size only rebuilds what depends on it.
+
+Folders `added` beside the source (users' labels, `python -m catsdogs_pl.data feedback-export`)
+join it: their manifest rows start with `+1/`, `+2/`, ... Every photo's split is a keyed hash of its
+bytes, so the source's photos keep their split and new ones join by the same hash; a photo already
+in the source is a duplicate, and one whose label contradicts a confident answer is rejected as
+`feedback_conflict` (data/feedback.py).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import hashlib
 import logging
 import os
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,7 +28,7 @@ from tqdm.auto import tqdm
 
 from catsdogs_pl import preprocessing
 from catsdogs_pl.contracts import Summary
-from catsdogs_pl.data import cache, sources
+from catsdogs_pl.data import cache, feedback, sources
 from catsdogs_pl.data.cleaning import Record, inspect, reject_conflicts_and_duplicates
 from catsdogs_pl.data.split import SPLITS, assign_split, dataset_version
 from catsdogs_pl.errors import ConfigError
@@ -63,8 +70,30 @@ def _fingerprint(files: list[sources.SourceFile], settings: Settings) -> str:
     return h.hexdigest()
 
 
+def _resolve(
+    source: Path, added: list[Path], out: Path
+) -> tuple[Callable[[str], Path], list[sources.SourceFile], dict[str, str]]:
+    """Where a manifest row's file is, every source file (the added folders' under `+k/`), and
+    the rows whose label is not trusted, with why."""
+    root, files = sources.resolve(source, out / "extracted")
+    roots = {}
+    distrusted = {}
+    for k, folder in enumerate(added, start=1):
+        extra_root, extra = sources.resolve(folder, out / f"extracted-{k}", classes_needed=1)
+        prefix = f"+{k}/"
+        roots[prefix] = extra_root
+        files += [dataclasses.replace(f, relpath=prefix + f.relpath) for f in extra]
+        distrusted |= {prefix + rel: why for rel, why in feedback.conflicts(extra_root).items()}
+
+    def where(relpath: str) -> Path:
+        head, _, rest = relpath.partition("/")
+        return roots[f"{head}/"] / rest if relpath.startswith("+") else root / relpath
+
+    return where, files, distrusted
+
+
 def _inspect_all(
-    root: Path,
+    where: Callable[[str], Path],
     records: list[Record],
     indices: list[int],
     settings: Settings,
@@ -83,7 +112,7 @@ def _inspect_all(
 
     def work(i: int) -> Record:
         return inspect(
-            root / records[i].relpath, records[i], settings.image_size, staging, i, limits
+            where(records[i].relpath), records[i], settings.image_size, staging, i, limits
         )
 
     with ThreadPoolExecutor(workers) as pool:
@@ -115,9 +144,7 @@ def _write_manifest(path: Path, records: list[Record]) -> None:
     tmp.replace(path)
 
 
-def _summarise(
-    source: Path, records: list[Record], settings: Settings, fingerprint: str
-) -> Summary:
+def _summarise(source: str, records: list[Record], settings: Settings, fingerprint: str) -> Summary:
     kept = [r for r in records if r.status == "kept"]
     classes = sorted({r.label for r in kept})
     splits = {
@@ -125,7 +152,7 @@ def _summarise(
     }
     return Summary(
         dataset_version=dataset_version((r.sha256, r.label, r.split) for r in kept),
-        source=str(source),
+        source=source,
         classes=tuple(classes),
         files=len(records),
         kept=len(kept),
@@ -147,13 +174,15 @@ def prepare(
     settings: Settings | None = None,
     workers: int | None = None,
     progress: bool = True,
+    added: list[Path] | None = None,
 ) -> Summary:
-    """Run every step that is not already done for this source and settings; return the summary."""
+    """Run every step that is not already done for this source (and `added` folders) and
+    settings; return the summary."""
     settings = settings or Settings()
-    source, out = Path(source), Path(out)
+    source, out, added = Path(source), Path(out), [Path(a) for a in added or []]
     workers = workers or 2 * len(os.sched_getaffinity(0))  # 2 per core also hides file reads
     out.mkdir(parents=True, exist_ok=True)
-    root, files = sources.resolve(source, out / "extracted")
+    where, files, distrusted = _resolve(source, added, out)
     fingerprint = _fingerprint(files, settings)
     manifest_path = out / "manifest.csv"
     old = _last_fingerprint(out)
@@ -163,15 +192,21 @@ def prepare(
         records = read_manifest(manifest_path)
     else:
         records = [Record(f.relpath, f.label) for f in files]
-        _inspect_all(root, records, list(range(len(records))), settings, staging, workers, progress)
+        _inspect_all(
+            where, records, list(range(len(records))), settings, staging, workers, progress
+        )
         reject_conflicts_and_duplicates(records)
+        for rec in records:
+            if rec.status == "kept" and rec.relpath in distrusted:
+                rec.reject("feedback_conflict", distrusted[rec.relpath])
         staged = True
     for rec in records:
         if rec.status == "kept":
             rec.split = assign_split(
                 rec.sha256, settings.split_seed, settings.val_fraction, settings.test_fraction
             )
-    summary = _summarise(source, records, settings, fingerprint)
+    described = " + ".join(str(p) for p in (source, *added))
+    summary = _summarise(described, records, settings, fingerprint)
     if len(summary.classes) < 2:
         raise sources.SourceError(
             f"{source}: after cleaning only {list(summary.classes)} has usable images; "
@@ -187,7 +222,7 @@ def prepare(
     if not current:
         if not staged:  # manifest reused, but the cache is for another size or split: decode kept
             kept = [i for i, r in enumerate(records) if r.status == "kept"]
-            _inspect_all(root, records, kept, settings, staging, workers, progress)
+            _inspect_all(where, records, kept, settings, staging, workers, progress)
         cache.build(
             out,
             records,

@@ -140,8 +140,9 @@ def _competition_files(folder: Path, root: Path) -> list[SourceFile]:
     return found
 
 
-def find_files(root: Path) -> list[SourceFile]:
-    """Every candidate file with its label (lower-case class name), in natural order."""
+def find_files(root: Path, classes_needed: int = 2) -> list[SourceFile]:
+    """Every candidate file with its label (lower-case class name), in natural order; a source
+    added to another (users' labels) may hold one class."""
     folder = root
     while True:  # step through wrappers such as kagglecatsanddogs_5340/PetImages/
         dirs, files = _children(folder)
@@ -164,14 +165,16 @@ def find_files(root: Path) -> list[SourceFile]:
             "(e.g. PetImages/Cat/1.jpg) or train/cat.0.jpg"
         )
     labels = sorted({f.label for f in found})
-    if len(labels) < 2:
+    if len(labels) < classes_needed:
         raise SourceError(
             f"{root}: only one class ({labels[0]!r}) found; a classifier needs at least two class folders"
         )
     return sorted(found, key=lambda f: natural_key(f.relpath))
 
 
-def resolve(source: Path, extract_to: Path) -> tuple[Path, list[SourceFile]]:
+def resolve(
+    source: Path, extract_to: Path, classes_needed: int = 2
+) -> tuple[Path, list[SourceFile]]:
     """The dataset root (extracted if `source` is an archive) and its labelled files."""
     source = Path(source)
     if not source.exists():
@@ -183,4 +186,4 @@ def resolve(source: Path, extract_to: Path) -> tuple[Path, list[SourceFile]]:
         if not source.name.endswith(ARCHIVE_SUFFIXES):
             raise SourceError(f"{source}: not a folder or a {'/'.join(ARCHIVE_SUFFIXES)} archive")
         source = extract(source, extract_to)
-    return source, find_files(source)
+    return source, find_files(source, classes_needed)

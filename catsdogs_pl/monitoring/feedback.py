@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from catsdogs_pl import capture, errors, places
+from catsdogs_pl import errors, places
 from catsdogs_pl.capture import Feedback, Store
 from catsdogs_pl.serving import torchserve as ts
 
@@ -166,9 +166,8 @@ def route(store: Store | None = None, bucket: Bucket | None = None) -> Any:
 
 
 def default_store() -> Store:
-    """The capture store of the state folder, for reading and labelling (its limits matter only
-    to the handler that writes captures)."""
-    return Store(places.captures(), capture.Limits())
+    """The capture store of the state folder."""
+    return Store.reader(places.captures())
 
 
 def add_csv(store: Store, path: str) -> tuple[int, list[str]]:
