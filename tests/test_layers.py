@@ -37,6 +37,7 @@ LAYERS = [  # lowest first; a module is in the first layer one of whose prefixes
             "data.cleaning",
             "data.datamodule",
             "data.download",
+            "data.feedback",
             "data.prepare",
             "data.sources",
             "data.split",
