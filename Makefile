@@ -9,7 +9,7 @@ SOURCE ?= ../shared/data/petimages-180.zip
 CATSDOGS_IMAGE ?= catsdogs
 CATSDOGS_TAG ?= latest
 
-.PHONY: venv test test-fast lint demo prepare bench images clean
+.PHONY: venv test test-fast lint demo demo-loop prepare bench images clean
 
 venv: $(VENV)/.installed
 
@@ -45,6 +45,12 @@ test-fast: venv
 # trainings in ~/.catsdogs.
 demo: venv
 	CATSDOGS_HOME=$(CURDIR)/.demo $(PY) -m catsdogs_pl.demo $(if $(SEED),--seed $(SEED))
+
+# Users' labels back into training: serve v1 with capture on, label its answers on drawings it never
+# saw (POST /feedback), watch the labelled accuracy, export, prepare, fit v2, gate, deploy; prints
+# the accuracy before and after. State in .demo-loop/.
+demo-loop: venv
+	CATSDOGS_HOME=$(CURDIR)/.demo-loop $(PY) -m catsdogs_pl.demo_loop
 
 prepare: venv
 	$(PY) -m catsdogs_pl.data prepare --source $(SOURCE)

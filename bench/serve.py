@@ -31,11 +31,13 @@ Usage: python bench/serve.py (--export-dir DIR | --model-version N [--tracking-u
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import importlib
 import importlib.util
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -324,23 +326,34 @@ def server_load(
     """Load figures per concurrency of a bench server (`POST /predict`, multipart field `file`)
     run as a subprocess: bench/fastapi_server.py or bench/litserve_server.py."""
     cmd = [sys.executable, str(Path(__file__).with_name(script)), *options, "--port", str(port)]
-    proc = subprocess.Popen(cmd, stdout=sys.stderr)  # stdout is for the JSON
+    if listening(port):  # a server left over would be measured in place of this one
+        raise SystemExit(f"port {port} is in use: stop what listens there, then run again")
+    # its own process group: LitServe's workers and API servers are children, stopped with it
+    proc = subprocess.Popen(cmd, stdout=sys.stderr, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        while True:  # the port opens once the model is loaded
+        while not listening(port):  # the port opens once the model is loaded
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"the server did not start: {' '.join(cmd)}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.5)
+            time.sleep(0.5)
         headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
         bodies = [multipart(data) for data in images]
         return {c: http_load(port, "/predict", headers, bodies, c, duration) for c in levels}
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)
+        time.sleep(1)  # the group's children exit after their parent
+        if listening(port):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
 
 
 def ratio(a: float, b: float) -> float | None:

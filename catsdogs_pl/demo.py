@@ -23,7 +23,7 @@ DEMO_CONFIG = config.CONFIGS / "demo.yaml"
 WATCHED = ("ts_inference_requests_total", "CatsDogsPredictions", "CatsDogsRejectedInputs")
 
 
-def _step(text: str) -> None:
+def step(text: str) -> None:
     print(f"\n=== {text}", flush=True)
 
 
@@ -44,25 +44,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, help="the training seed (default: demo.yaml's)")
     args = parser.parse_args(argv)
     os.chdir(places.ROOT)  # the demo config's data paths are relative to the repository
-    _step(f"1/6 fit {DEMO_CONFIG.relative_to(places.ROOT)} (state in {places.home()})")
+    step(f"1/6 fit {DEMO_CONFIG.relative_to(places.ROOT)} (state in {places.home()})")
     seed = [] if args.seed is None else [f"--seed_everything={args.seed}"]
     summary = fit.main(["--config", str(DEMO_CONFIG), "--trainer.enable_progress_bar=false", *seed])
     registry = MlflowSettings.from_config(DEMO_CONFIG)  # where fit registered the version
-    _step("2/6 package the registered version for TorchServe")
+    step("2/6 package the registered version for TorchServe")
     version, mar = package.package_version(version=summary.version, mlflow=registry)
     print(f"version {version}: {mar}")
-    _step("3/6 start TorchServe")
+    step("3/6 start TorchServe")
     print(serve.start())
     try:
-        _step("4/6 deploy")
+        step("4/6 deploy")
         print(deploy.deploy_version(version=version, mlflow=registry))
-        _step("5/6 predict")
+        step("5/6 predict")
         data = config.load(DEMO_CONFIG)["data"]  # where fit drew and prepared the pictures
         for image in _test_images(places.ROOT / data["data_dir"], places.ROOT / data["source"]):
             print(answer_line(image, *predict(image)))
         bad = places.ROOT / "README.md"
         print(answer_line(bad, *predict(bad)), "(a bad upload gets a 400 of its own)")
-        _step("6/6 Prometheus metrics that moved")
+        step("6/6 Prometheus metrics that moved")
         print("\n".join(_metrics()))
         print(f"\nMLflow UI: {Path(sys.executable).parent}/mlflow ui --backend-store-uri ", end="")
         print(f"{summary.tracking_uri}   then open http://127.0.0.1:5000")

@@ -52,7 +52,10 @@ LAYERS = [  # lowest first; a module is in the first layer one of whose prefixes
         "training, serving, monitoring",
         ["training", "serving", "monitoring.monitor", "monitoring.feedback"],
     ),
-    ("commands", ["fit", "monitor", "feedback", "demo", "mlflow_server", "data.__main__"]),
+    (
+        "commands",
+        ["fit", "monitor", "feedback", "demo", "demo_loop", "mlflow_server", "data.__main__"],
+    ),
 ]
 SIDES = ("training", "serving", "monitoring")
 

@@ -65,10 +65,12 @@ class CatsDogsDataModule(L.LightningDataModule):
         crop_scale: float = 0.7,
         random_erasing: float = 0.0,
         train_sizes: tuple[int, int] | None = None,
+        added: list[str] | None = None,
     ) -> None:
         """`settings` decide the prepared dataset (size, split), exactly as `python -m
         catsdogs_pl.data prepare` takes them; `synthetic_per_class` > 0 draws that many pictures
-        per class into `source` first. Training crops keep at least `crop_scale` of the image
+        per class into `source` first; `added` folders of class sub-folders join the source
+        (users' labels: `python -m catsdogs_pl.data feedback-export`, as `prepare --add`). Training crops keep at least `crop_scale` of the image
         and erase a patch with probability `random_erasing`. `train_sizes` (start, end) is
         progressive resizing: training batches grow linearly from `start` to `end` px over the
         epochs (small, cheap images early), while evaluation and serving stay at
@@ -105,7 +107,8 @@ class CatsDogsDataModule(L.LightningDataModule):
             synthetic.generate(
                 Path(self.hparams.source), per_class=self.hparams.synthetic_per_class
             )
-        prepare(self.hparams.source, self.out, self.settings, progress=False)
+        added = [Path(folder) for folder in self.hparams.added or []]
+        prepare(self.hparams.source, self.out, self.settings, progress=False, added=added)
 
     def _read(self, contract: type[C]) -> C:
         path = self.out / contract.FILE

@@ -165,6 +165,15 @@ def route(store: Store | None = None, bucket: Bucket | None = None) -> Any:
     return post
 
 
+def send(answer_id: str, label: str) -> tuple[int, dict[str, Any]]:
+    """POST one label to the monitor's /feedback with the state folder's inference key:
+    (HTTP status, answer)."""
+    body = json.dumps({"id": answer_id, "label": label}).encode()
+    headers = {"Content-Type": "application/json"}
+    response = ts.call("monitor", "POST", "/feedback", body, headers, timeout=10)
+    return response.status, response.json()
+
+
 def default_store() -> Store:
     """The capture store of the state folder."""
     return Store.reader(places.captures())
