@@ -46,9 +46,9 @@ test-fast: venv
 demo: venv
 	CATSDOGS_HOME=$(CURDIR)/.demo $(PY) -m catsdogs_pl.demo $(if $(SEED),--seed $(SEED))
 
-# Users' labels back into training: serve v1 with capture on, label its answers on drawings it never
-# saw (POST /feedback), watch the labelled accuracy, export, prepare, fit v2, gate, deploy; prints
-# the accuracy before and after. State in .demo-loop/.
+# Users' labels back into training: serve v1 with capture on, label its answers on pictures it never
+# saw (taken at night; POST /feedback), watch the labelled accuracy, export, prepare, fit v2, gate and
+# deploy; prints the accuracy before and after. State in .demo-loop/.
 demo-loop: venv
 	CATSDOGS_HOME=$(CURDIR)/.demo-loop $(PY) -m catsdogs_pl.demo_loop
 

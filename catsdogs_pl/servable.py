@@ -17,6 +17,7 @@ import importlib.util
 import inspect
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -201,13 +202,32 @@ def export_onnx(net: nn.Module, image_size: int, out: Path) -> float | None:
     return difference
 
 
-def forward(folder: Path, net: nn.Module, runtime: str = "auto", threads: int = 1) -> Any:
-    """What computes the logits in serving: with `auto`, OpenVINO or else ONNX Runtime when
-    `folder` holds model.onnx and the runtime is installed, else the eager network; a runtime
-    named (`openvino`, `onnx`) insists."""
+def forward(
+    folder: Path, net: nn.Module, runtime: str = "auto", threads: int = 1, batch: int = 8
+) -> Any:
+    """What computes the logits in serving. `auto`: where `folder` holds model.onnx, whichever of
+    the eager network and the installed runtimes (OpenVINO, ONNX Runtime) runs a batch of
+    `batch` fastest on this machine, measured at load (no one runtime wins on every network: see
+    the README's serving figures); else the eager network. A runtime named (`openvino`, `onnx`,
+    `eager`) is used as asked."""
     if runtime not in ("auto", *RUNTIMES, "eager"):
         raise ValueError(f"runtime={runtime!r}: use auto, {', '.join(RUNTIMES)} or eager")
     if runtime == "eager" or (runtime == "auto" and not (folder / ONNX).exists()):
         return net
-    names = installed_runtimes() if runtime == "auto" else [runtime]
-    return RUNTIMES[names[0]](folder / ONNX, threads) if names else net
+    if runtime != "auto":
+        return RUNTIMES[runtime](folder / ONNX, threads)
+    candidates = [net, *(RUNTIMES[name](folder / ONNX, threads) for name in installed_runtimes())]
+    size = Preprocessing.read(folder).image_size
+    x = torch.zeros(batch, 3, size, size)
+    return min(candidates, key=lambda candidate: seconds(candidate, x))
+
+
+def seconds(forward: Any, x: torch.Tensor, runs: int = 3) -> float:
+    """The best of `runs` timed calls of `forward` on `x`, after one to warm it up."""
+    times = []
+    with torch.inference_mode():
+        for _ in range(runs + 1):
+            start = time.perf_counter()
+            forward(x)
+            times.append(time.perf_counter() - start)
+    return min(times[1:])

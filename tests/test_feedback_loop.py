@@ -42,7 +42,7 @@ def test_users_labels_reach_the_next_version(
     after = re.search(r"after:  v2: (\d+)/80 right \(([\d.]+)\)", out)
     assert (after is not None) == (decided[1] == "passed") == (code == 0)
     report(
-        "demo-loop (40 drawings upside down per class, 3 epochs)",
+        "demo-loop (40 night pictures per class, 3 epochs)",
         {
             "labelled accuracy v1": accuracy,
             "gate": f"{decided[1]}: v2 {decided[2]} against v1 {decided[3]}",

@@ -16,7 +16,7 @@ from PIL import Image
 from catsdogs_pl import preprocessing, servable
 from catsdogs_pl.models.efficientnet_lite import EfficientNetLite0
 from catsdogs_pl.serving import package
-from tests.helpers.serving import FakeContext, load_handler, make_export
+from tests.helpers.serving import SIZE, FakeContext, load_handler, make_export
 from tests.helpers.shared_data import sample_photos
 
 pytest.importorskip("onnx", reason="the onnx extra is not installed: serving stays eager")
@@ -65,9 +65,30 @@ def test_each_runtime_answers_as_eager(tmp_path: Path, report: Any, runtime: str
     _compare(fast, eager, _jpegs(20), report, "BaselineCNN, random pictures")
 
 
-def test_auto_serves_the_first_installed_runtime(tmp_path: Path) -> None:
+@pytest.mark.parametrize("winner", ["eager", *RUNTIMES])
+def test_auto_serves_the_fastest_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, winner: str
+) -> None:
     staged = package.stage(make_export(tmp_path / "export"), tmp_path / "model")
-    assert load_handler(staged, FakeContext(staged)).runtime == RUNTIMES[0]
+    net = servable.load(staged)[0]
+
+    def timed(forward: Any, x: torch.Tensor) -> float:  # what the winner measured, and the rest
+        assert x.shape == (8, 3, SIZE, SIZE)  # the served batch and size
+        return 0.001 if getattr(forward, "runtime", "eager") == winner else 0.01
+
+    monkeypatch.setattr(servable, "seconds", timed)
+    chosen = servable.forward(staged, net, "auto", batch=8)
+    assert getattr(chosen, "runtime", "eager") == winner
+
+
+def test_auto_in_a_worker_serves_a_runtime_that_answers_as_eager(
+    tmp_path: Path, report: Any
+) -> None:
+    staged = package.stage(make_export(tmp_path / "export"), tmp_path / "model")
+    served = load_handler(staged, FakeContext(staged))
+    assert served.runtime in ("eager", *RUNTIMES)
+    eager = load_handler(staged, FakeContext(staged, runtime="eager"))
+    _compare(served, eager, _jpegs(8), report, "BaselineCNN, auto")
 
 
 def test_a_runtime_that_differs_is_not_shipped(
