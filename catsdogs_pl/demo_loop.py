@@ -4,7 +4,8 @@ v1 trained on the demo's drawings (as `make demo`) is served with every answer c
 it pictures taken at night (the drawings at 30% brightness), which it never saw and calls all cats,
 and label its answers through POST /feedback on the
 monitor's port; the monitor's gauges show the accuracy on those labels; the labelled captures are
-exported, join the training data (`prepare --add`), v2 is fitted on the grown data, and the
+exported, a reviewer confirms the labels that contradict a confident answer (prepare would reject
+them), they join the training data (`prepare --add`), v2 is fitted on the grown data, and the
 promotion gate decides on a trusted folder whether v2 replaces v1. Last: both versions' accuracy
 on the same labelled pictures. No download, no external service.
 """
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     registry = MlflowSettings.from_config(DEMO_CONFIG)
     work = Path(tempfile.mkdtemp(prefix="catsdogs-loop-"))
     store = feedback.default_store()
-    step(f"1/7 fit v1 on upright drawings, serve it with capture on (state in {places.home()})")
+    step(f"1/7 fit v1 on the demo drawings, serve it with capture on (state in {places.home()})")
     first = fit.main(quiet)
     version1 = str(first.version)
     print(serve.start())
@@ -96,10 +97,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"answers of /feedback: {codes}")
         step("4/7 the live accuracy on users' labels (the monitor's gauges)")
         print(labelled_gauges())
-        step("5/7 export the labelled captures; v2 fits on the source and them")
-        labels = work / "labels"
+        step("5/7 export the labelled captures; a reviewer checks the flagged; v2 fits on them")
+        labels, reviewed = work / "labels", work / "reviewed"
         print(f"exported: {data_feedback.export(store, labels)} into {labels}")
-        grown = [f"--data.added=[{labels}]", "--data.data_dir=data/prepared-demo-loop"]
+        flagged = data_feedback.conflicts(labels)
+        for name in flagged:  # these users are right by construction: the reviewer confirms all
+            (reviewed / name).parent.mkdir(parents=True, exist_ok=True)
+            (labels / name).rename(reviewed / name)
+        print(
+            f"{len(flagged)} labels contradict an answer given with >= {data_feedback.CONFIDENT} "
+            f"(prepare rejects them as feedback_conflict); a reviewer confirmed them: {reviewed}"
+        )
+        added = ",".join(str(folder) for folder in (labels, reviewed) if folder.exists())
+        grown = [f"--data.added=[{added}]", "--data.data_dir=data/prepared-demo-loop"]
         second = fit.main([*quiet, *grown])
         step("6/7 the gate: v2 against v1 on trusted pictures, by day and at night")
         trusted = work / "trusted"

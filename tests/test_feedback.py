@@ -191,3 +191,16 @@ def test_labels_become_the_next_dataset_and_conflicts_are_flagged(
     assert second.kept == first.kept + 2
     assert second.dataset_version != first.dataset_version
     assert str(tmp_path / "labels") in second.source
+
+
+def test_the_client_waits_out_a_429(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    port = free_ports(1)[0]
+    monkeypatch.setenv("TS_MONITOR_ADDRESS", f"http://127.0.0.1:{port}")
+    bucket = feedback.Bucket(rate=2.0, burst=1)
+    server = prometheus.expose("monitor", lambda: "", {"/feedback": feedback.route(None, bucket)})
+    try:
+        first = store.captures()[0].id
+        assert [feedback.send(first, "dog")[0] for _ in range(3)] == [200, 200, 200]
+        assert feedback.send(first, "dog", tries=1)[0] == 429  # no wait: the bucket is empty
+    finally:
+        server.shutdown()

@@ -145,3 +145,13 @@ def test_corrupt_archive(tmp_path: Path) -> None:
     (tmp_path / "x.zip").write_bytes(b"not a zip at all")
     with pytest.raises(SourceError, match="not a readable archive"):
         resolve(tmp_path / "x.zip", tmp_path / "out")
+
+
+def test_an_added_folder_may_hold_one_class(tmp_path: Path) -> None:
+    """A reviewed folder of users' labels (`prepare --add`): its one folder is its class, never a
+    wrapper to step through; a source still needs two classes."""
+    make_class_folders(tmp_path / "reviewed", per_class=2, classes=("dog",))
+    found = find_files(tmp_path / "reviewed", classes_needed=1)
+    assert [(f.relpath, f.label) for f in found] == [("dog/0.jpg", "dog"), ("dog/1.jpg", "dog")]
+    with pytest.raises(SourceError, match="no class folders found"):
+        find_files(tmp_path / "reviewed")  # as a source: dog/ is a wrapper with no classes

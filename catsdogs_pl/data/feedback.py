@@ -5,7 +5,8 @@
 `DIR/feedback.csv` (file, label, answered, confidence, version). `prepare --add DIR` takes the
 folder beside the original source; a photo labelled against an answer given with at least
 CONFIDENT probability is rejected there with the reason `feedback_conflict`: someone looks at it,
-and moves it into the source to trust it. A wrong label is cheap to give and expensive to learn.
+and moves it to a folder without feedback.csv (the source, or a reviewed folder added beside it) to
+trust it. A wrong label is cheap to give and expensive to learn.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def conflicts(folder: Path) -> dict[str, str]:
             if row["label"] != row["answered"] and confidence >= CONFIDENT:
                 found[row["file"]] = (
                     f"labelled {row['label']}, but v{row['version']} answered {row['answered']} "
-                    f"with {confidence:.2f}: look at the photo; to trust the label, move it into "
-                    "the source"
+                    f"with {confidence:.2f}: look at the photo; to trust the label, move it to a "
+                    "folder without feedback.csv (the source, or a reviewed folder added beside it)"
                 )
     return found

@@ -142,11 +142,12 @@ def _competition_files(folder: Path, root: Path) -> list[SourceFile]:
 
 def find_files(root: Path, classes_needed: int = 2) -> list[SourceFile]:
     """Every candidate file with its label (lower-case class name), in natural order; a source
-    added to another (users' labels) may hold one class."""
+    added to another (users' labels) may hold one class, `<root>/<class>/` with no wrapper."""
     folder = root
     while True:  # step through wrappers such as kagglecatsanddogs_5340/PetImages/
         dirs, files = _children(folder)
-        if len(dirs) == 1 and not files and dirs[0].name.lower() != "train":
+        wrapper = len(dirs) == 1 and not files and dirs[0].name.lower() != "train"
+        if wrapper and classes_needed > 1:  # a one-class source's one folder is its class
             folder = dirs[0]
             continue
         break

@@ -165,12 +165,17 @@ def route(store: Store | None = None, bucket: Bucket | None = None) -> Any:
     return post
 
 
-def send(answer_id: str, label: str) -> tuple[int, dict[str, Any]]:
+def send(answer_id: str, label: str, tries: int = 100) -> tuple[int, dict[str, Any]]:
     """POST one label to the monitor's /feedback with the state folder's inference key:
-    (HTTP status, answer)."""
+    (HTTP status, answer). A 429 (over RATE_PER_S) is sent again a moment later, `tries` times
+    at most, as a client of a rate-limited API should."""
     body = json.dumps({"id": answer_id, "label": label}).encode()
     headers = {"Content-Type": "application/json"}
-    response = ts.call("monitor", "POST", "/feedback", body, headers, timeout=10)
+    for _ in range(tries):
+        response = ts.call("monitor", "POST", "/feedback", body, headers, timeout=10)
+        if response.status != 429:
+            break
+        time.sleep(2 / RATE_PER_S)
     return response.status, response.json()
 
 

@@ -127,9 +127,11 @@ _NO_ADVERTISEMENT = _NoAdvertisement()
 def quiet_lightning() -> None:
     """Silence, narrowly, what Lightning prints at every fit that is not about the user's run."""
     # rank_zero_info logs through this logger (lightning.pytorch.utilities.rank_zero sets it as
-    # lightning_utilities' rank-zero logger); its other messages ("Seed set to", "GPU available")
-    # stay. addFilter adds the one instance once.
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NO_ADVERTISEMENT)
+    # lightning_utilities' rank-zero logger; once MLflow's pytorch flavour has imported the
+    # `pytorch_lightning` alias, a second fit in the process logs through that one); its other
+    # messages ("Seed set to", "GPU available") stay. addFilter adds the one instance once.
+    for package in ("lightning.pytorch", "pytorch_lightning"):
+        logging.getLogger(f"{package}.utilities.rank_zero").addFilter(_NO_ADVERTISEMENT)
     # Lightning's own pytree helper builds the LeafSpec that this torch deprecates: Lightning's to
     # update, nothing the user can change
     warnings.filterwarnings(
