@@ -96,7 +96,9 @@ def test_bad_inputs_get_400_and_the_workers_survive(served: Path) -> None:
     assert bad_json.status == 400 and bad_json.json()["error"] == "bad_json"
     form = send(b"a=1&b=2", "application/x-www-form-urlencoded")
     assert form.status == 400 and form.json()["error"] == "missing_image"
-    assert send(image_bytes(6, (64, 64))).status == 200
+    good = send(image_bytes(6, (64, 64)))
+    assert good.status == 200
+    assert good.headers["x-catsdogs-answer-id"] == good.json()["id"]  # what feedback names
     assert worker_pids() == before  # no worker restarted
     entry = ts.wait_ready(timeout=5)
     assert entry["modelVersion"] == "1" and ts.ready_workers(entry) == len(before)

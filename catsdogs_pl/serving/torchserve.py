@@ -18,7 +18,7 @@ import os
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ class TorchServeError(CatsDogsError, RuntimeError):
 class Response:
     status: int
     body: bytes
+    headers: dict[str, str] = field(default_factory=dict)  # names in lower case
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -94,11 +95,15 @@ def _send(
     request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return Response(response.status, response.read())
+            return Response(response.status, response.read(), _lower(response.headers))
     except urllib.error.HTTPError as exc:
-        return Response(exc.code, exc.read())
+        return Response(exc.code, exc.read(), _lower(exc.headers))
     except (urllib.error.URLError, OSError) as exc:
         raise TorchServeError(f"TorchServe is not answering at {url} ({exc})") from exc
+
+
+def _lower(headers: Any) -> dict[str, str]:
+    return {name.lower(): value for name, value in (headers or {}).items()}
 
 
 def refused_key(response: Response) -> bool:
