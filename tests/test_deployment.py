@@ -15,7 +15,7 @@ import yaml
 from catsdogs_pl import config as fit_config
 from catsdogs_pl import mlflow_server, places
 from catsdogs_pl.serving import serve
-from tests.helpers.deployment import COMPOSE_FILE, compose_binary, compose_config
+from tests.helpers.deployment import ALERTS, COMPOSE_FILE, compose_binary, compose_config
 
 SERVICES = {"torchserve", "monitor", "mlflow", "postgres", "prometheus", "grafana", "trainer"}
 CONFIGS = places.ROOT / "configs"
@@ -97,16 +97,7 @@ def test_alerts_and_dashboard_use_metrics_that_exist() -> None:
     declared = _declared_metrics()
     rules = yaml.safe_load((CONFIGS / "prometheus" / "alerts.yml").read_text())
     alerts = {r["alert"]: r["expr"] for g in rules["groups"] for r in g["rules"]}
-    assert set(alerts) == {
-        "CatsDogsHighErrorRate",
-        "CatsDogsFrontendErrors",
-        "CatsDogsHighLatencyP95",
-        "CatsDogsNoReadyWorker",
-        "CatsDogsInputDrift",
-        "CatsDogsConfidenceDrop",
-        "CatsDogsLabelledAccuracyDrop",
-        "CatsDogsMonitorDown",
-    }
+    assert set(alerts) == ALERTS
     dashboard = json.loads((CONFIGS / "grafana" / "dashboards" / "catsdogs.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     for expr in [*alerts.values(), *exprs]:

@@ -18,6 +18,16 @@ from typing import Any
 from catsdogs_pl import places
 
 COMPOSE_FILE = places.ROOT / "docker-compose.yml"
+ALERTS = {  # every alert of configs/prometheus/alerts.yml, as the file and a running Prometheus hold
+    "CatsDogsHighErrorRate",
+    "CatsDogsFrontendErrors",
+    "CatsDogsHighLatencyP95",
+    "CatsDogsNoReadyWorker",
+    "CatsDogsInputDrift",
+    "CatsDogsConfidenceDrop",
+    "CatsDogsLabelledAccuracyDrop",
+    "CatsDogsMonitorDown",
+}
 
 
 def tool(name: str) -> str | None:

@@ -21,7 +21,7 @@ import pytest
 from mlflow import MlflowClient
 
 from catsdogs_pl import places
-from tests.helpers.deployment import run_smoke
+from tests.helpers.deployment import ALERTS, run_smoke
 from tests.helpers.stack import MLFLOW, PROMETHEUS, SERVICES, Stack, get_json, run_ok
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
@@ -107,15 +107,7 @@ def test_prometheus_scrapes_both_targets_and_loads_the_rules(stack: Stack, repor
     groups = get_json(f"{PROMETHEUS}/api/v1/rules")["data"]["groups"]
     rules = {r["name"]: r["health"] for g in groups for r in g["rules"]}
     report("stack: prometheus", {"targets": health, "ready workers": ready, "rules": rules})
-    assert set(rules) == {
-        "CatsDogsHighErrorRate",
-        "CatsDogsFrontendErrors",
-        "CatsDogsHighLatencyP95",
-        "CatsDogsNoReadyWorker",
-        "CatsDogsInputDrift",
-        "CatsDogsConfidenceDrop",
-        "CatsDogsMonitorDown",
-    }
+    assert set(rules) == ALERTS
     assert set(rules.values()) == {"ok"}, rules
 
 
