@@ -20,6 +20,7 @@ from catsdogs_pl.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_NAME = "catsdogs"
 TS_CONFIG = ROOT / "configs" / "torchserve" / "config.properties"
+TS_LOG_CONFIG = TS_CONFIG.with_name("log4j2.xml")  # one line per event, no per-request DEBUG
 MODEL_CONFIG = ROOT / "configs" / "torchserve" / "model-config.yaml"
 HANDLER = ROOT / "handlers" / "catsdogs_handler.py"
 

@@ -68,6 +68,22 @@ def test_handler_metrics_name_the_version_that_answered(blank_torchserve: Path) 
     assert not any('model_version="default"' in line for line in ours), ours
 
 
+def test_the_logs_hold_each_event_once(served: Path) -> None:
+    """configs/torchserve/log4j2.xml: no line twice, no per-request DEBUG, no echo of the workers'
+    metric lines (TorchServe's own config writes all three under load)."""
+    for seed in (21, 22, 23):
+        assert send(image_bytes(seed, (64, 64))).status == 200
+    logs = served / "logs"
+    deadline = time.monotonic() + 10  # async logging: the lines reach the files shortly after
+    while time.monotonic() < deadline and (logs / "access_log.log").read_text().count("POST") < 3:
+        time.sleep(0.2)
+    assert (logs / "access_log.log").read_text().count('"POST /predictions/catsdogs') >= 3
+    lines = (logs / "ts_log.log").read_text().splitlines()
+    assert not [line for line in lines if "[METRICS]" in line or "[DEBUG]" in line]
+    assert not [a for a, b in zip(lines, lines[1:], strict=False) if a == b], "twice"
+    assert not [line for line in lines if "ACCESS_LOG" in line]  # in access_log.log alone
+
+
 def test_rollback_after_a_restart(blank_torchserve: Path, tmp_path: Path) -> None:
     deploy.deploy_version(version="1")
     deploy.deploy_version(version="2")

@@ -58,7 +58,7 @@ def _prepare(mar: Path | None) -> tuple[list[str], dict[str, str], Path]:
         **{f"TS_{k.upper()}_ADDRESS": places.address(k, bind=True) for k in places.ADDRESS_KINDS},
     }
     cmd = [_torchserve(), "--start", "--ncs", "--model-store", str(places.model_store())]
-    cmd += ["--ts-config", str(places.ts_config())]
+    cmd += ["--ts-config", str(places.ts_config()), "--log-config", str(places.TS_LOG_CONFIG)]
     if mar is not None:
         cmd += ["--models", f"{places.MODEL_NAME}={mar.name}"]
     return cmd, env, home
