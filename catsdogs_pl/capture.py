@@ -144,7 +144,8 @@ class Store:
 
     def captures(self) -> list[Capture]:
         """Every complete capture, oldest first."""
-        found = (self.get(path.stem) for path in self.folder.glob("*.json"))
+        answers = (p for p in self.folder.glob("*.json") if not p.name.endswith(".label.json"))
+        found = (self.get(path.stem) for path in answers)
         return sorted((c for c in found if c is not None), key=lambda c: c.time)
 
     def image(self, capture_id: str) -> bytes:
