@@ -17,7 +17,7 @@ SETTINGS = {  # the knob changed, as bench/serve.py options; "shipped": none cha
     "shipped": [],
     "1 worker x 2 threads": ["--workers", "1", "--torch-threads", "2"],
     "batch 1": ["--batch-size", "1"],
-    "batch 4": ["--batch-size", "4"],
+    "batch 8": ["--batch-size", "8"],
     "batch 16": ["--batch-size", "16"],
     "delay 5 ms": ["--max-batch-delay", "5"],
     "delay 20 ms": ["--max-batch-delay", "20"],
