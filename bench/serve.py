@@ -1,6 +1,6 @@
-"""Serving throughput: TorchServe as we run it, against the in-process limit and a FastAPI server.
+"""Serving throughput: TorchServe as we run it, against the in-process limit and peer servers.
 
-All three serve the same model on the same real photos (the JPEGs of the full-size sample that our
+All of them serve the same model on the same real photos (the JPEGs of the full-size sample that our
 preprocessing keeps), one after the other, in the same run:
 1. TorchServe started by `catsdogs_pl.serving.serve.start()` with the shared config; the archive built by
    `package.build_mar` and registered through the management API as `deploy` does. It runs on its
@@ -13,6 +13,9 @@ preprocessing keeps), one after the other, in the same run:
    threads than free cores collapse under OpenMP's spin-waiting (see --fastapi-torch-threads).
 4. LitServe, bench/litserve_server.py: the staged model folder TorchServe serves (same runtime,
    same decode), with TorchServe's workers, threads, batch size and delay.
+5. torchserve-shipped: TorchServe on the same export as it was served before the forward gate
+   (flip TTA, float32): what the accepted forward pass buys, measured in the same run.
+6. litserve-eager: LitServe as its users write it, eager PyTorch at batch 8 on the same export.
 Servers get closed-loop clients (threads, one keep-alive connection each) at each concurrency for
 `--duration` seconds after a warm-up; figures: requests/s, latency percentiles, errors. Where the
 time goes: the in-process ms per image of each stage (open, decode, normalize, forward) and, for
@@ -25,7 +28,7 @@ Usage: python bench/serve.py (--export-dir DIR | --model-version N [--tracking-u
        [--data ../shared/data] [--duration 15] [--concurrency 1 4 16]
        [--workers W] [--torch-threads T] [--batch-size B] [--max-batch-delay MS]
        [--fastapi-torch-threads N] [--runtime auto|openvino|onnx|eager] [--netty-threads N]
-       [--servers torchserve litserve fastapi]
+       [--servers torchserve torchserve-shipped litserve litserve-eager fastapi]
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import importlib
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -56,6 +60,7 @@ import yaml
 from mlflow import MlflowClient
 
 from catsdogs_pl import places, preprocessing, registry, servable
+from catsdogs_pl.contracts import Architecture, ForwardPass
 from catsdogs_pl.data import sources
 from catsdogs_pl.serving import package, serve
 from catsdogs_pl.serving import torchserve as ts
@@ -79,11 +84,15 @@ SERVER_CLOCKS = (  # TorchServe's counters, and our handler's histogram (configs
     "CatsDogsHandlerSeconds_sum",
     "CatsDogsHandlerSeconds_count",
 )
-SERVERS = ("torchserve", "litserve", "fastapi")
+# torchserve-shipped: the same export as served before the forward gate (flip TTA, float32);
+# litserve-eager: LitServe as its users write it (eager PyTorch, batch 8) on the same export
+SERVERS = ("torchserve", "torchserve-shipped", "litserve", "litserve-eager", "fastapi")
 EXTRAS = {  # the bench-only packages each peer server needs (import names)
     "fastapi": ("fastapi", "uvicorn", "python_multipart"),
     "litserve": ("litserve", "fastapi", "uvicorn", "python_multipart"),
+    "litserve-eager": ("litserve", "fastapi", "uvicorn", "python_multipart"),
 }
+USERS_BATCH = 8  # litserve-eager's batch size
 
 T = TypeVar("T")
 
@@ -96,6 +105,20 @@ def export_folder(args: argparse.Namespace, tmp: Path) -> Path:
     client = MlflowClient(registry.resolve_tracking_uri(args.tracking_uri or store.tracking_uri))
     _, run_id = registry.resolve_version(client, store.registered_model, args.model_version)
     return Path(client.download_artifacts(run_id, "servable", str(tmp)))
+
+
+def shipped_export(export_dir: Path, out: Path) -> Path:
+    """`export_dir` as it was served before the forward gate: flip TTA on (where the network has
+    it), float32 (no forward.json or int8 graph; stage exports model.onnx with the TTA)."""
+    out.mkdir(parents=True)
+    skipped = (ForwardPass.FILE, servable.INT8, servable.ONNX)
+    for name in servable.present(export_dir):
+        if name not in skipped:
+            shutil.copy(export_dir / name, out / name)
+    arch = Architecture.read(out)
+    if "flip_tta" in arch.init_args:
+        Architecture(arch.network, {**arch.init_args, "flip_tta": True}).write(out)
+    return out
 
 
 def photos(archive: Path, tmp: Path, size: int) -> list[bytes]:
@@ -370,7 +393,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=15, help="seconds per measurement")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument(
-        "--servers", nargs="+", choices=SERVERS, default=list(SERVERS), help="default: all three"
+        "--servers", nargs="+", choices=SERVERS, default=list(SERVERS), help="default: all"
     )
     shipped = yaml.safe_load(places.MODEL_CONFIG.read_text())
     parser.add_argument("--workers", type=int, help="default: shipped, at most cores / threads")
@@ -434,18 +457,31 @@ def main() -> None:
             reported, served["torchserve"] = torchserve_load(
                 mar, images, args.concurrency, args.duration
             )
+        if "torchserve-shipped" in args.servers:
+            before = shipped_export(export_dir, tmp / "shipped")
+            os.environ["CATSDOGS_HOME"] = str(tmp / "home-shipped")  # its own store and state
+            mar = package.build_mar(before, "1", places.model_store())
+            _, served["torchserve-shipped"] = torchserve_load(
+                mar, images, args.concurrency, args.duration
+            )
         threads = args.fastapi_torch_threads or args.torch_threads
         if "fastapi" in args.servers:
             options = ["--export-dir", str(export_dir), "--torch-threads", str(threads)]
             served["fastapi"] = server_load(
                 "fastapi_server.py", options, FASTAPI_PORT, images, args.concurrency, args.duration
             )
-        if "litserve" in args.servers:
-            options = ["--model-dir", str(model_dir), "--runtime", args.runtime]
+        peers = {
+            "litserve": (args.runtime, args.batch_size),
+            "litserve-eager": ("eager", USERS_BATCH),
+        }
+        for name, (runtime, batch) in peers.items():
+            if name not in args.servers:
+                continue
+            options = ["--model-dir", str(model_dir), "--runtime", runtime]
             options += ["--workers", str(workers), "--torch-threads", str(args.torch_threads)]
-            options += ["--batch-size", str(args.batch_size)]
+            options += ["--batch-size", str(batch)]
             options += ["--batch-timeout", str(args.max_batch_delay / 1000)]
-            served["litserve"] = server_load(
+            served[name] = server_load(
                 "litserve_server.py",
                 options,
                 LITSERVE_PORT,
@@ -457,7 +493,7 @@ def main() -> None:
     top = max(args.concurrency)
     rates = {name: levels[top]["requests_per_s"] for name, levels in served.items()}
     ratios = {"torchserve_over_in_process_limit": ratio(rates.get("torchserve", 0.0), limit)}
-    for peer in ("litserve", "fastapi"):
+    for peer in ("torchserve-shipped", "litserve", "litserve-eager", "fastapi"):
         if "torchserve" in rates and peer in rates:
             ratios[f"torchserve_over_{peer}"] = ratio(rates["torchserve"], rates[peer])
     result = {
@@ -472,6 +508,8 @@ def main() -> None:
             "netty_threads": args.netty_threads or "config.properties",
             "fastapi_torch_threads": threads,
             "runtime": handlers[0].runtime,
+            "precision": handlers[0].precision,
+            "flip_tta": handlers[0].flip_tta,
         },
         "in_process_ms_per_image": stages,
         "in_process_limit_images_per_s": round(limit, 1),

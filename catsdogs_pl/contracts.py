@@ -193,3 +193,26 @@ class Reference(Contract):
         if FORMAT not in data and "schema" in data:  # its name before formats were shared
             data[FORMAT] = data.pop("schema")
         return super().from_dict(data)
+
+
+@dataclasses.dataclass(frozen=True)
+class ForwardPass(Contract):
+    """The forward pass a version serves, chosen by its accuracy when it was published
+    (training/forward_gate.py): the runtime, the precision and the graph file it runs, whether it
+    averages the mirror's logits (flip TTA), and the figures that decided each choice. Exports
+    without this file serve float32, with the runtime timed fastest as a worker loads."""
+
+    FILE: ClassVar[str] = "forward.json"
+
+    runtime: str  # openvino; auto: the fastest float32 runtime as a worker loads; eager
+    precision: str  # bf16 | int8 | f32
+    model: str  # the graph file in the export ("" for eager)
+    flip_tta: bool
+    rungs: list[dict[str, Any]]  # each rung tried, in ladder order: its figures and verdict
+    tta: dict[str, Any]  # validation accuracy with and without flip TTA, and the rule
+    host: list[str]  # the CPU's units where the gate ran (bf16, int8)
+
+    def describe(self) -> str:
+        """One line for `deploy list`, the logs and the README: what runs and why."""
+        tta = "flip TTA" if self.flip_tta else "no flip TTA"
+        return f"{self.runtime} {self.precision}, {tta}"

@@ -29,6 +29,9 @@ from catsdogs_pl.errors import CatsDogsError, ConfigError, UnreachableError
 
 CHAMPION = "champion"
 DATASET_TAG = "dataset_version"  # each version's prepared data: champions are compared on the same
+FORWARD_TAG = (
+    "forward_pass"  # what computes its answers (forward.json): runtime, precision, flip TTA
+)
 
 
 FIT_CONFIG = config.FIT

@@ -16,8 +16,10 @@ import importlib
 import importlib.util
 import inspect
 import json
+import os
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +28,19 @@ import torch
 from torch import nn
 
 if __package__:  # catsdogs_pl.servable
-    from catsdogs_pl.contracts import Architecture, Preprocessing, Reference
+    from catsdogs_pl.contracts import Architecture, ForwardPass, Preprocessing, Reference
     from catsdogs_pl.errors import MissingError
 else:  # catsdogs_servable.py inside a .mar (serving/package.py ships them all)
-    from catsdogs_contracts import Architecture, Preprocessing, Reference
+    from catsdogs_contracts import Architecture, ForwardPass, Preprocessing, Reference
     from catsdogs_errors import MissingError
 
 WEIGHTS = "weights.pt"
 INDEX_TO_NAME = "index_to_name.json"
 ONNX = "model.onnx"  # the same forward pass for OpenVINO and ONNX Runtime, added by package when it can be
-PARITY = 1e-4  # the most a runtime's probability may differ from eager PyTorch's
+INT8 = "model.int8.onnx"  # model.onnx quantised by NNCF, where the forward gate accepted it
+PARITY = 1e-4  # the most a float32 runtime's probability may differ from eager PyTorch's
+UNITS_ENV = "CATSDOGS_CPU_UNITS"  # overrides what host_units finds: "none", "bf16", "bf16,int8"
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # /proc/cpuinfo: int8 dot-product units
 FILES = (WEIGHTS, Architecture.FILE, Preprocessing.FILE, INDEX_TO_NAME)
 TRAINING_ONLY = ("weights",)  # where training starts from: the export's weights.pt replaces it
 NETWORKS = {  # network class -> its module in catsdogs_pl/models (catsdogs_<module>.py in a .mar)
@@ -90,9 +95,10 @@ def export(
 
 
 def present(folder: Path) -> list[str]:
-    """The servable files of `folder`: the four, and the reference and model.onnx when it has
-    them."""
-    return [*FILES, *(name for name in (Reference.FILE, ONNX) if (folder / name).exists())]
+    """The servable files of `folder`: the four, and the reference, model.onnx, the accepted
+    forward pass and its int8 graph when it has them."""
+    optional = (Reference.FILE, ONNX, ForwardPass.FILE, INT8)
+    return [*FILES, *(name for name in optional if (folder / name).exists())]
 
 
 def load(folder: Path, weights: str = WEIGHTS) -> tuple[nn.Module, Preprocessing]:
@@ -112,6 +118,7 @@ class OnnxNet:
     code of its own."""
 
     runtime = "onnx"
+    precision = "f32"
 
     def __init__(self, path: Path, threads: int = 1) -> None:
         import onnxruntime
@@ -129,17 +136,20 @@ class OnnxNet:
 
 
 class OpenVinoNet:
-    """`model.onnx` compiled by OpenVINO for the CPU, called like OnnxNet. Float32 throughout (its
-    default on some CPUs is bf16, which answers otherwise), and no pinning of threads to cores:
-    TorchServe runs several workers, and each would pin to the same first cores."""
+    """A graph compiled by OpenVINO for the CPU, called like OnnxNet. Float32 unless asked
+    otherwise (its default on CPUs with bf16 units is bf16, which only the forward gate may
+    accept), and no pinning of threads to cores: TorchServe runs several workers, and each would
+    pin to the same first cores. `precision` int8 is a graph NNCF quantised (servable.INT8): its
+    quantised layers run int8, the rest float32."""
 
     runtime = "openvino"
 
-    def __init__(self, path: Path, threads: int = 1) -> None:
+    def __init__(self, path: Path, threads: int = 1, precision: str = "f32") -> None:
         import openvino
 
+        self.precision = precision
         config = {
-            "INFERENCE_PRECISION_HINT": "f32",
+            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
             "INFERENCE_NUM_THREADS": threads,
             "NUM_STREAMS": 1,
             "ENABLE_CPU_PINNING": False,
@@ -164,6 +174,27 @@ def installed_runtimes() -> list[str]:
     return [name for name in RUNTIMES if importlib.util.find_spec(MODULES[name]) is not None]
 
 
+def host_units() -> set[str]:
+    """The reduced-precision units of this CPU that serving can use: `bf16` where OpenVINO
+    reports them (avx512_bf16 or AMX), `int8` where the CPU has VNNI or AMX int8 dot products
+    (without them int8 runs no faster than float32). Empty without OpenVINO. UNITS_ENV, where
+    set, says instead (comma-separated; "none" serves float32 on any CPU)."""
+    if (forced := os.environ.get(UNITS_ENV)) is not None:
+        return {unit for unit in forced.replace(" ", "").split(",") if unit in ("bf16", "int8")}
+    if importlib.util.find_spec("openvino") is None:
+        return set()
+    import openvino
+
+    units = set()
+    if "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        units.add("bf16")
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = set(cpuinfo.read_text().split()) if cpuinfo.exists() else set()
+    if flags.intersection(VNNI_FLAGS):
+        units.add("int8")
+    return units
+
+
 def export_onnx(net: nn.Module, image_size: int, out: Path) -> float | None:
     """Write `out/model.onnx` (any batch size, `image_size` px) and return the largest probability
     difference from eager PyTorch on a random batch under any installed runtime (inf where the
@@ -172,8 +203,6 @@ def export_onnx(net: nn.Module, image_size: int, out: Path) -> float | None:
     runtimes = installed_runtimes()
     if importlib.util.find_spec("onnx") is None or not runtimes:  # the exporter writes through onnx
         return None
-    import warnings
-
     x = torch.randn(4, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     path = out / ONNX
     try:
@@ -202,16 +231,38 @@ def export_onnx(net: nn.Module, image_size: int, out: Path) -> float | None:
     return difference
 
 
+def accepted(folder: Path) -> ForwardPass | None:
+    """The reduced-precision forward pass the gate accepted for `folder`, where this host can
+    run it; None where the gate accepted float32 (or never ran), or where this host lacks the
+    units (warned: the version then serves float32, the gate's reference)."""
+    if not (folder / ForwardPass.FILE).exists():
+        return None
+    chosen = ForwardPass.read(folder)
+    if chosen.precision == "f32":
+        return None
+    if chosen.precision not in host_units() or not (folder / chosen.model).exists():
+        warnings.warn(
+            f"the forward gate accepted {chosen.describe()}, but this host has no "
+            f"{chosen.precision} units (or no {chosen.model}): serving float32",
+            stacklevel=2,
+        )
+        return None
+    return chosen
+
+
 def forward(
     folder: Path, net: nn.Module, runtime: str = "auto", threads: int = 1, batch: int = 8
 ) -> Any:
-    """What computes the logits in serving. `auto`: where `folder` holds model.onnx, whichever of
-    the eager network and the installed runtimes (OpenVINO, ONNX Runtime) runs a batch of
-    `batch` fastest on this machine, measured at load (no one runtime wins on every network: see
-    the README's serving figures); else the eager network. A runtime named (`openvino`, `onnx`,
-    `eager`) is used as asked."""
+    """What computes the logits in serving. `auto`: the reduced-precision pass the forward gate
+    accepted (forward.json), where this host has its units; else, where `folder` holds
+    model.onnx, whichever of the eager network and the installed runtimes (OpenVINO, ONNX
+    Runtime) runs a batch of `batch` fastest on this machine, measured at load (no one runtime
+    wins on every network: see the README's serving figures); else the eager network. A runtime
+    named (`openvino`, `onnx`, `eager`) is used as asked, in float32."""
     if runtime not in ("auto", *RUNTIMES, "eager"):
         raise ValueError(f"runtime={runtime!r}: use auto, {', '.join(RUNTIMES)} or eager")
+    if runtime == "auto" and (chosen := accepted(folder)) is not None:
+        return OpenVinoNet(folder / chosen.model, threads, chosen.precision)
     if runtime == "eager" or (runtime == "auto" and not (folder / ONNX).exists()):
         return net
     if runtime != "auto":

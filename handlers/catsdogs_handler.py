@@ -103,12 +103,16 @@ class CatsDogsHandler:
         weights = context.manifest["model"].get("serializedFile", servable.WEIGHTS)
         self.net, self.pre = servable.load(model_dir, weights)
         self.classes = list(self.pre.classes)
-        # the forward pass: where the .mar holds model.onnx (package checked its answers against
-        # eager PyTorch under each runtime), the fastest here of eager, OpenVINO and ONNX Runtime
+        # the forward pass: the bf16 or int8 one the forward gate accepted (forward.json) where
+        # this CPU has the units; else, where the .mar holds model.onnx (package checked its
+        # answers against eager PyTorch under each runtime), the fastest here of eager, OpenVINO
+        # and ONNX Runtime in float32
         batch = int(context.system_properties.get("batch_size") or 8)
         runtime = config.get("runtime", "auto")
         self.forward = servable.forward(model_dir, self.net, runtime, threads, batch)
         self.runtime = getattr(self.forward, "runtime", "eager")
+        self.precision = getattr(self.forward, "precision", "f32")
+        self.flip_tta = bool(getattr(self.net, "flip_tta", False))  # traced into model.onnx too
         self.version = str(context.manifest["model"].get("modelVersion", ""))
         # TorchServe answers 413 to a body over max_request_size (config.properties) before it
         # reaches a worker; `max_bytes` in model-config.yaml is only for a lower limit of one model.
@@ -159,14 +163,23 @@ class CatsDogsHandler:
         self.counted.set()
 
     def flush(self, metrics: Any, version: list[Any]) -> None:
-        """Emit `pending` as cumulative `le` buckets (a Prometheus histogram) and reset it;
-        nothing when no image came since the last flush."""
+        """Emit `pending` as cumulative `le` buckets (a Prometheus histogram) and reset it, with
+        the CatsDogsForwardPass gauge saying what computed the answers; nothing when no image
+        came since the last flush."""
         from ts.metrics.dimension import Dimension
+        from ts.metrics.metric_type_enum import MetricTypes
 
         with self.lock:
             pending, self.pending = self.pending, self._no_counts()
         if not pending["confidence"].any():
             return
+        served = [
+            Dimension("runtime", self.runtime),
+            Dimension("precision", self.precision),
+            Dimension("flip_tta", str(self.flip_tta).lower()),
+            *version,
+        ]
+        metrics.add_metric("CatsDogsForwardPass", 1, "Count", 0, served, MetricTypes.GAUGE)
         for name, counts in pending.items():  # every bucket, zeros too: quantiles need them all
             for le, count in zip(stats.le_labels(name), np.cumsum(counts).tolist(), strict=True):
                 dims = [Dimension("statistic", name), Dimension("le", le), *version]

@@ -15,13 +15,14 @@ from mlflow import MlflowClient
 from torchvision.models import get_model
 
 from catsdogs_pl import places, preprocessing, registry, servable
-from catsdogs_pl.contracts import Architecture
+from catsdogs_pl.contracts import Architecture, ForwardPass
 from catsdogs_pl.fit import main
 from catsdogs_pl.models.backbone import TorchvisionNet
 from catsdogs_pl.models.efficientnet_lite import EfficientNetLite0
 from catsdogs_pl.serving import deploy, package
 from catsdogs_pl.serving import torchserve as ts
 from catsdogs_pl.serving.predict import predict
+from catsdogs_pl.training import forward_gate
 from tests.helpers.images import image_bytes
 from tests.helpers.serving import FakeContext, load_handler
 
@@ -106,10 +107,13 @@ def test_finetune_fit_register_package_serve_predict(
         mar = places.find_mar(version)
         with zipfile.ZipFile(mar) as archive:
             architecture = Architecture.from_json(archive.read(Architecture.FILE))
+            forward = ForwardPass.from_json(archive.read(ForwardPass.FILE))
             assert "catsdogs_efficientnet_lite.py" in archive.namelist()
+        served_tta = forward.flip_tta  # the gate's choice on the validation split
+        assert served_tta == (forward.tta["gain"] >= forward_gate.TTA_GAIN)
         assert architecture == Architecture(
             "EfficientNetLite0",
-            {"num_classes": 2, "dropout": 0.2, "flip_tta": True, "frozen_blocks": 5},
+            {"num_classes": 2, "dropout": 0.2, "flip_tta": served_tta, "frozen_blocks": 5},
         )
         photo = tmp_path / "synthetic" / "cat" / "00000.jpg"
         status, answer = predict(photo)

@@ -170,3 +170,19 @@ def test_real_sample_defects(served: Path) -> None:
             else:
                 assert response.status == 400, (rel, response.body)
                 assert answer["error"] == defect.served, rel
+
+
+def test_the_forward_pass_is_a_label_on_the_metrics(served: Path) -> None:
+    """What computes the answers (runtime, precision, flip TTA) reaches Prometheus as
+    CatsDogsForwardPass: TorchServe accepts the gauge as metrics.yaml declares it."""
+    send(image_bytes(9, (64, 64)))
+    deadline = time.monotonic() + 30  # emitted with the statistics, once the worker is quiet
+    while time.monotonic() < deadline:
+        text = ts.call("metrics", "GET", "/metrics").body.decode()
+        lines = [line for line in text.splitlines() if line.startswith("CatsDogsForwardPass{")]
+        if lines:
+            break
+        time.sleep(0.5)
+    assert lines, "no CatsDogsForwardPass series on the metrics port"
+    assert 'precision="f32"' in lines[0] and 'model_version="1"' in lines[0]  # no gate: float32
+    assert 'runtime="' in lines[0] and 'flip_tta="' in lines[0]

@@ -35,7 +35,7 @@ from catsdogs_pl.errors import CatsDogsError, ConfigError, exit_code
 from catsdogs_pl.registry import MlflowSettings
 from catsdogs_pl.serving import gate
 from catsdogs_pl.serving import torchserve as ts
-from catsdogs_pl.serving.package import package_version
+from catsdogs_pl.serving.package import package_version, read_forward
 
 KEEP = 1  # previous defaults that stay registered with workers, for an instant rollback
 
@@ -264,16 +264,19 @@ def scale(workers: int) -> str:
 
 
 def listing() -> str:
-    """Registered versions with their archive, run and workers, then the retired defaults whose
-    archives rollback can bring back."""
+    """Registered versions with their archive, workers and the forward pass the gate accepted
+    (the workers serve float32 where this CPU lacks its units: CatsDogsForwardPass says), then
+    the retired defaults whose archives rollback can bring back."""
     default = ts.default_version()
     entries = sorted(ts.describe("all"), key=lambda e: int(e["modelVersion"]))
     lines = []
     for entry in entries:
         mark = "*" if entry["modelVersion"] == default else " "
+        mar = places.find_mar(entry["modelUrl"])
         lines.append(
             f"{mark} v{entry['modelVersion']}  {entry['modelUrl']}  "
-            f"{ts.ready_workers(entry)}/{len(entry.get('workers', []))} workers READY"
+            f"{ts.ready_workers(entry)}/{len(entry.get('workers', []))} workers READY  "
+            f"{read_forward(mar) if mar else 'archive missing'}"
         )
     served = {e["modelUrl"] for e in entries}
     retired = dict.fromkeys(e for e in places.deployment_history() if e not in served)

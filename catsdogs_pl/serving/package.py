@@ -24,6 +24,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from catsdogs_pl import places, registry, servable
+from catsdogs_pl.contracts import ForwardPass
 from catsdogs_pl.errors import CatsDogsError, exit_code
 
 CODE = places.ROOT / "catsdogs_pl"
@@ -66,9 +67,19 @@ def read_identity(mar: Path) -> Identity | None:
         return Identity(**json.loads(zf.read(IDENTITY)))
 
 
+def read_forward(mar: Path) -> str:
+    """What computes an archive's answers, as one line: the gate's accepted forward pass, or
+    float32 for an archive without one."""
+    with zipfile.ZipFile(mar) as zf:
+        if ForwardPass.FILE in zf.namelist():
+            return ForwardPass.from_json(zf.read(ForwardPass.FILE)).describe()
+        return "float32 (no forward gate)"
+
+
 def stage(export_dir: Path, out: Path) -> Path:
     """The model folder exactly as TorchServe unpacks it: handler, sources, servable files, and
-    model.onnx where the exporter is installed and its answers match eager PyTorch's."""
+    model.onnx where the exporter is installed and its answers match eager PyTorch's (a
+    published export brings it with the forward pass its gate accepted, forward.json)."""
     net, pre = servable.load(export_dir)  # refuse a broken export before it reaches a server
     out.mkdir(parents=True, exist_ok=True)
     for name in servable.present(export_dir):
@@ -77,7 +88,8 @@ def stage(export_dir: Path, out: Path) -> Path:
         shutil.copy(source, out / name)
     shutil.copy(places.HANDLER, out / places.HANDLER.name)
     shutil.copy(places.MODEL_CONFIG, out / places.MODEL_CONFIG.name)
-    servable.export_onnx(net, pre.image_size, out)
+    if not (out / servable.ONNX).exists():
+        servable.export_onnx(net, pre.image_size, out)
     return out
 
 

@@ -11,6 +11,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import mlflow
@@ -20,7 +21,7 @@ from mlflow import MlflowClient
 from mlflow.models.model import ModelInfo
 
 from catsdogs_pl import registry, servable
-from catsdogs_pl.contracts import Reference
+from catsdogs_pl.contracts import ForwardPass, Reference
 from catsdogs_pl.data.datamodule import CatsDogsDataModule
 from catsdogs_pl.models.classifier import (
     TEST_ACC,
@@ -30,7 +31,7 @@ from catsdogs_pl.models.classifier import (
     CatsDogsClassifier,
 )
 from catsdogs_pl.monitoring import reference
-from catsdogs_pl.training import plots
+from catsdogs_pl.training import forward_gate, plots
 
 
 @dataclass(frozen=True)
@@ -122,12 +123,26 @@ def log_servable(
     net: torch.nn.Module,
     dm: CatsDogsDataModule,
     reference: Reference,
-) -> ModelInfo:
-    """The servable export with its monitoring reference (what `package` archives) and the
-    network as an MLflow model (what the registry version points at)."""
+    tta: dict[str, Any],
+) -> tuple[ModelInfo, ForwardPass]:
+    """The servable export with its monitoring reference and the forward pass the gate accepted
+    (what `package` archives), and the network as an MLflow model (what the registry version
+    points at). The gate's figures also go to the run as `forward/...` metrics."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = servable.export(net, dm.preprocessing, Path(tmp), reference)
+        forward = forward_gate.accept(net, dm, folder, tta)
         client.log_artifacts(run_id, str(folder), "servable")
+    for rung in forward.rungs:
+        for name, figures in rung.items():
+            if isinstance(figures, dict):
+                client.log_metric(
+                    run_id, f"forward/{rung['precision']}/{name}", figures["accuracy"]
+                )
+        if "agreement" in rung:
+            client.log_metric(run_id, f"forward/{rung['precision']}/agreement", rung["agreement"])
+    for name in ("val_accuracy_tta", "val_accuracy_no_tta"):
+        if name in tta:
+            client.log_metric(run_id, f"forward/{name}", tta[name])
     size = dm.settings.image_size
     example = np.zeros((2, 3, size, size), dtype=np.float32)  # batch 1 would be specialised
     mlflow.set_tracking_uri(tracking_uri)
@@ -135,7 +150,8 @@ def log_servable(
         # torch.export's archive writer warns when tensors share a storage that none of them
         # covers whole, "when your weights are not on CPU": they are (net.cpu()), so not the run's
         warnings.filterwarnings("ignore", "No complete tensor found in the group", UserWarning)
-        return mlflow.pytorch.log_model(net.cpu().eval(), name="model", input_example=example)
+        info = mlflow.pytorch.log_model(net.cpu().eval(), name="model", input_example=example)
+    return info, forward
 
 
 def register(
@@ -146,14 +162,17 @@ def register(
     net: torch.nn.Module,
     dm: CatsDogsDataModule,
     metrics: dict[str, float],
+    forward: ForwardPass,
 ) -> tuple[str, bool, str]:
-    """A new registry version tagged with what makes it comparable; the champion alias moves to
-    it when it earned it. Returns (version, alias moved, why)."""
+    """A new registry version tagged with what makes it comparable and the forward pass it
+    serves; the champion alias moves to it when it earned it. Returns (version, alias moved,
+    why)."""
     data = dm.summary
     tags = {
         registry.DATASET_TAG: data.dataset_version,
         "git_commit": registry.git_commit(),
         TEST_ACC: f"{metrics[TEST_ACC]:.6f}",
+        registry.FORWARD_TAG: forward.describe(),
     }
     description = (
         f"{type(net).__name__} {getattr(net, 'init_args', {})} at {dm.settings.image_size}px; "
@@ -181,11 +200,12 @@ def publish(
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
     log_data(client, run_id, dm)
     client.log_artifact(run_id, trainer.checkpoint_callback.best_model_path, "checkpoints")
+    tta = forward_gate.choose_flip_tta(model.net, dm)  # what is served from here on
     log_evaluation_plots(client, run_id, model, dm)
     monitored = monitoring_reference(model, dm)
     client.log_metric(run_id, "val/ece", monitored.ece)
-    info = log_servable(client, run_id, tracking_uri, model.net, dm, monitored)
+    info, forward = log_servable(client, run_id, tracking_uri, model.net, dm, monitored, tta)
     version, moved, reason = register(
-        client, run_id, store.registered_model, info, model.net, dm, metrics
+        client, run_id, store.registered_model, info, model.net, dm, metrics, forward
     )
     return FitSummary(run_id, tracking_uri, store.registered_model, version, moved, reason, metrics)

@@ -163,7 +163,7 @@ def check_dataset_version(client: MlflowClient, run_id: str, summary: Summary) -
         )
 
 
-def _decode_all(
+def decode_all(
     path: Path, sha256: str, size: int, limits: dict[str, int]
 ) -> list[np.ndarray | None]:
     """One photo under every shift (None where a shifted upload fails to decode)."""
@@ -203,7 +203,7 @@ def evaluate(
     with ThreadPoolExecutor(workers) as pool:  # Pillow releases the GIL while decoding
         for start in range(0, len(photos), BATCH):
             chunk = photos[start : start + BATCH]
-            decoded = list(pool.map(lambda p: _decode_all(p[0], p[2], size, limits), chunk))
+            decoded = list(pool.map(lambda p: decode_all(p[0], p[2], size, limits), chunk))
             for s in range(len(SHIFTS)):
                 ok = [i for i, images in enumerate(decoded) if images[s] is not None]
                 if ok:
