@@ -232,11 +232,12 @@ class CatsDogsHandler:
         decoded = time.perf_counter()
         if images:
             probs = self.predict(images).numpy()
-            for i, upload, p in zip(good, uploads, probs.tolist(), strict=True):
+            labels = probs.argmax(axis=1)
+            for i, upload, p, k in zip(good, uploads, probs.tolist(), labels, strict=True):
                 answer = capture.Capture(
                     id=uuid.uuid4().hex,
                     version=self.version,
-                    label=self.classes[int(np.argmax(p))],
+                    label=self.classes[k],
                     probabilities={c: round(v, 6) for c, v in zip(self.classes, p, strict=True)},
                     time=time.time(),
                 )
@@ -247,10 +248,14 @@ class CatsDogsHandler:
                     "model_version": self.version,
                 }
                 context.set_response_header(i, ANSWER_HEADER, answer.id)
-                dims = [Dimension("Label", answer.label), *version]
-                context.metrics.add_counter("CatsDogsPredictions", 1, idx=i, dimensions=dims)
                 if self.captures is not None and self.captures.sampled():
                     self._capture(answer, upload, context, i, version)
+            for k, name in enumerate(self.classes):  # one metric line per label and batch
+                if n := int((labels == k).sum()):
+                    dims = [Dimension("Label", name), *version]
+                    context.metrics.add_counter(
+                        "CatsDogsPredictions", n, idx=good[0], dimensions=dims
+                    )
             self.observe(images, sizes, probs)
         done = time.perf_counter()
         idx = good[0] if good else 0

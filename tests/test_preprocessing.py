@@ -90,6 +90,20 @@ def test_normalize_matches_constants_for_chw_and_nchw() -> None:
         assert torch.allclose(t[:, 0, 0], torch.tensor(expected))
 
 
+def test_normalize_of_a_permuted_batch_is_the_formula_contiguous_and_leaves_its_input() -> None:
+    pixels = torch.randint(0, 256, (2, 8, 8, 3), dtype=torch.uint8)
+    batch = pixels.permute(0, 3, 1, 2)  # NHWC memory, as the handler stacks decoded images
+    mean = torch.tensor(preprocessing.MEAN).view(-1, 1, 1)
+    std = torch.tensor(preprocessing.STD).view(-1, 1, 1)
+    x = preprocessing.normalize(batch)
+    assert x.is_contiguous() and x.shape == (2, 3, 8, 8)
+    assert torch.allclose(x, (batch.float() / 255 - mean) / std, atol=1e-6)
+    assert torch.equal(batch, pixels.permute(0, 3, 1, 2))  # the caller's pixels untouched
+    floats = batch.float()  # training's resized batches arrive as float pixels
+    assert torch.allclose(preprocessing.normalize(floats), x, atol=1e-6)
+    assert torch.equal(floats, batch.float())
+
+
 def test_spec_is_the_single_source() -> None:
     d = preprocessing.spec(96, ["cat", "dog"], min_side=40)
     assert d.image_size == 96 and d.classes == ("cat", "dog")
