@@ -17,6 +17,7 @@ from catsdogs_pl import places, prometheus
 from catsdogs_pl.capture import Capture, Limits, Store
 from catsdogs_pl.data import feedback as data_feedback
 from catsdogs_pl.data.prepare import Settings, prepare, read_manifest
+from catsdogs_pl.errors import ConfigError
 from catsdogs_pl.monitoring import feedback
 from catsdogs_pl.serving import torchserve as ts
 from tests.helpers.images import image_bytes
@@ -204,3 +205,104 @@ def test_the_client_waits_out_a_429(store: Store, monkeypatch: pytest.MonkeyPatc
         assert feedback.send(first, "dog", tries=1)[0] == 429  # no wait: the bucket is empty
     finally:
         server.shutdown()
+
+
+def _labelled(tmp_path: Path, n: int) -> tuple[Store, list[str]]:
+    """A capture store holding `n` answers, each labelled by a user."""
+    found = Store(tmp_path / "captures", Limits(fraction=1.0))
+    found.next_prune = float("inf")
+    ids = []
+    for k in range(n):
+        answer = Capture(uuid.uuid4().hex, "1", "cat", {"cat": 0.6, "dog": 0.4}, time.time() + k)
+        found.keep(answer, image_bytes(90 + k, (40, 40)))
+        feedback.give(found, answer.id, "dog" if k % 2 else "cat")
+        ids.append(answer.id)
+    return found, ids
+
+
+def test_an_export_is_a_snapshot_of_the_labels_still_stored(tmp_path: Path) -> None:
+    found, ids = _labelled(tmp_path, 3)
+    out = tmp_path / "labels"
+    assert data_feedback.export(found, out) == {"cat": 2, "dog": 1}
+    found._remove(ids[0])  # its capture pruned: the next export no longer has it
+    assert data_feedback.export(found, out) == {"cat": 1, "dog": 1}
+    images = sorted(p.relative_to(out).as_posix() for p in out.glob("*/*.jpg"))
+    assert images == sorted([f"dog/{ids[1]}.jpg", f"cat/{ids[2]}.jpg"])
+    assert data_feedback.conflicts(out) == {}  # the list matches its images
+    assert not list(tmp_path.glob(".labels.*"))  # nothing left beside it
+
+
+def test_an_interrupted_export_leaves_the_previous_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    found, ids = _labelled(tmp_path, 3)
+    out = tmp_path / "labels"
+    data_feedback.export(found, out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    feedback.give(found, ids[0], "dog")
+
+    read = found.image
+
+    def dies(capture_id: str) -> bytes:
+        if capture_id != ids[0]:  # the relabelled photo written, then the export stopped
+            raise KeyboardInterrupt
+        return read(capture_id)
+
+    monkeypatch.setattr(found, "image", dies)
+    with pytest.raises(KeyboardInterrupt):
+        data_feedback.export(found, out)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert data_feedback.conflicts(out) == {}
+
+
+def test_export_never_replaces_a_folder_that_is_not_an_export(tmp_path: Path) -> None:
+    found, _ = _labelled(tmp_path, 1)
+    source = tmp_path / "photos"
+    (source / "cat").mkdir(parents=True)
+    (source / "cat" / "1.jpg").write_bytes(b"a user's photo")
+    with pytest.raises(ConfigError, match="not a feedback export"):
+        data_feedback.export(found, source)
+    assert (source / "cat" / "1.jpg").read_bytes() == b"a user's photo"
+
+
+def _break_cut(out: Path) -> str:
+    text = (out / data_feedback.LIST).read_text()
+    (out / data_feedback.LIST).write_text(text[: text.rindex(",")])  # the last row cut short
+    return "is cut short"
+
+
+def _break_empty(out: Path) -> str:
+    (out / data_feedback.LIST).write_text("")
+    return "lacks the columns"
+
+
+def _break_unlisted(out: Path) -> str:
+    (out / "cat" / "stray.jpg").write_bytes(b"an image nobody listed")
+    return "does not list"
+
+
+def _break_changed(out: Path) -> str:
+    next(out.glob("dog/*.jpg")).write_bytes(b"other bytes")
+    return "not the image its list names"
+
+
+def _break_missing(out: Path) -> str:
+    next(out.glob("cat/*.jpg")).unlink()
+    return "No such file"
+
+
+@pytest.mark.parametrize(
+    "damage", [_break_cut, _break_empty, _break_unlisted, _break_changed, _break_missing]
+)
+def test_prepare_refuses_an_export_whose_list_does_not_match(
+    class_folders: Path, tmp_path: Path, damage: Any
+) -> None:
+    found, _ = _labelled(tmp_path, 3)
+    out = tmp_path / "labels"
+    data_feedback.export(found, out)
+    message = damage(out)
+    settings = Settings(image_size=32, val_fraction=0.2, test_fraction=0.2)
+    with pytest.raises(ConfigError, match=message) as refused:
+        prepare(class_folders, tmp_path / "v2", settings, workers=1, progress=False, added=[out])
+    assert "feedback-export --out" in str(refused.value)  # it says how to fix it
+    assert not (tmp_path / "v2" / "manifest.csv").exists()

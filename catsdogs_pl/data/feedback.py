@@ -1,30 +1,45 @@
 """Users' labels as training data: the labelled captures exported as class folders, and the flags
 `prepare` puts on the ones whose label contradicts a confident answer.
 
-`export` writes `DIR/<class>/<id>.jpg` (the image bytes as the server received them) and
-`DIR/feedback.csv` (file, label, answered, confidence, version). `prepare --add DIR` takes the
-folder beside the original source; a photo labelled against an answer given with at least
-CONFIDENT probability is rejected there with the reason `feedback_conflict`: someone looks at it,
-and moves it to a folder without feedback.csv (the source, or a reviewed folder added beside it) to
-trust it. A wrong label is cheap to give and expensive to learn.
+`export` writes a snapshot, `DIR/<class>/<id>.jpg` (the image bytes as the server received them) and
+`DIR/feedback.csv` (file, label, answered, confidence, version, sha256): built in a folder beside
+DIR and moved into its place whole, so an interrupted export leaves the previous snapshot (or no
+DIR), never images without their list, and a photo whose capture is gone since leaves with it.
+`prepare --add DIR` takes the folder beside the original source and refuses it when the list is
+unreadable or does not match the images (`conflicts`): a label read from a broken list would be
+trusted. A photo labelled against an answer given with at least CONFIDENT probability is rejected
+there with the reason `feedback_conflict`: someone looks at it, and moves it to a folder without
+feedback.csv (the source, or a reviewed folder added beside it) to trust it. A wrong label is cheap
+to give and expensive to learn.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import shutil
 from pathlib import Path
 
 from catsdogs_pl.capture import Store
+from catsdogs_pl.errors import ConfigError
 
 LIST = "feedback.csv"
-COLUMNS = ("file", "label", "answered", "confidence", "version")
+COLUMNS = ("file", "label", "answered", "confidence", "version", "sha256")
 CONFIDENT = 0.9  # an answer this sure, contradicted by a user's label, is checked, not trusted
 
 
 def export(store: Store, out: Path) -> dict[str, int]:
-    """Write every labelled capture of `store` into `out`; the count per label. Files already
-    there are rewritten (the later label of an id stands, so a relabelled photo moves class)."""
+    """Write every labelled capture of `store` as a new snapshot in `out` (replacing an earlier
+    export there, never another folder); the count per label."""
+    if out.exists() and not (out / LIST).exists() and any(out.iterdir()):
+        raise ConfigError(
+            f"{out} holds files but no {LIST}: it is not a feedback export, and exporting would "
+            "replace it; give --out a new folder"
+        )
+    partial, old = out.with_name(f".{out.name}.partial"), out.with_name(f".{out.name}.old")
+    shutil.rmtree(partial, ignore_errors=True)  # what an interrupted export left
+    partial.mkdir(parents=True)
     rows = []
     for answer in store.captures():
         given = store.feedback(answer.id)
@@ -35,38 +50,72 @@ def export(store: Store, out: Path) -> dict[str, int]:
         except OSError:  # pruned since it was listed
             continue
         name = f"{given.label}/{answer.id}.jpg"
-        for other in out.glob(f"*/{answer.id}.jpg"):
-            other.unlink()  # relabelled: it leaves its old class folder
-        (out / given.label).mkdir(parents=True, exist_ok=True)
-        (out / name).write_bytes(data)
+        (partial / given.label).mkdir(exist_ok=True)
+        (partial / name).write_bytes(data)
         confidence = answer.probabilities.get(answer.label, 0.0)
-        rows.append((name, given.label, answer.label, f"{confidence:.6f}", answer.version))
+        digest = hashlib.sha256(data).hexdigest()
+        rows.append((name, given.label, answer.label, f"{confidence:.6f}", answer.version, digest))
     text = io.StringIO()
     writer = csv.writer(text)
     writer.writerow(COLUMNS)
     writer.writerows(rows)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / LIST).write_text(text.getvalue())
+    (partial / LIST).write_text(text.getvalue())
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    partial.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
     counts: dict[str, int] = {}
     for _, label, *_ in rows:
         counts[label] = counts.get(label, 0) + 1
     return counts
 
 
+def _listed(folder: Path) -> list[dict[str, str]]:
+    """The rows of `folder`'s list, each checked against its image; ConfigError naming the first
+    thing wrong (the list unreadable, a row cut short, an image missing, changed or unlisted)."""
+    fix = f"export it again (python -m catsdogs_pl.data feedback-export --out {folder})"
+    try:
+        with open(folder / LIST, newline="") as handle:
+            reader = csv.DictReader(handle)
+            header = reader.fieldnames or ()
+            rows = list(reader)
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{folder / LIST} cannot be read ({exc}): {fix}") from exc
+    if missing := set(COLUMNS) - set(header):
+        raise ConfigError(f"{folder / LIST} lacks the columns {sorted(missing)}: {fix}")
+    for line, row in enumerate(rows, start=2):
+        if any(row.get(column) in (None, "") for column in COLUMNS):
+            raise ConfigError(f"{folder / LIST} line {line} is cut short: {fix}")
+        try:
+            float(row["confidence"])
+            data = (folder / row["file"]).read_bytes()
+        except (ValueError, OSError) as exc:
+            raise ConfigError(f"{folder / LIST} line {line} ({row['file']}): {exc}: {fix}") from exc
+        if hashlib.sha256(data).hexdigest() != row["sha256"]:
+            raise ConfigError(f"{folder / row['file']} is not the image its list names: {fix}")
+    images = {p.relative_to(folder).as_posix() for p in folder.glob("*/*") if p.is_file()}
+    if unlisted := sorted(images - {row["file"] for row in rows}):
+        raise ConfigError(
+            f"{folder} has {len(unlisted)} images its {LIST} does not list ({unlisted[0]}, ...): "
+            f"their labels would be trusted unchecked; {fix}, or move reviewed photos to a folder "
+            f"without {LIST}"
+        )
+    return rows
+
+
 def conflicts(folder: Path) -> dict[str, str]:
     """file (relative to `folder`) -> why its label is not trusted, from `folder`'s feedback.csv
     (empty without one: a plain folder of class sub-folders)."""
-    path = folder / LIST
-    if not path.exists():
+    if not (folder / LIST).exists():
         return {}
     found = {}
-    with open(path, newline="") as handle:
-        for row in csv.DictReader(handle):
-            confidence = float(row["confidence"])
-            if row["label"] != row["answered"] and confidence >= CONFIDENT:
-                found[row["file"]] = (
-                    f"labelled {row['label']}, but v{row['version']} answered {row['answered']} "
-                    f"with {confidence:.2f}: look at the photo; to trust the label, move it to a "
-                    "folder without feedback.csv (the source, or a reviewed folder added beside it)"
-                )
+    for row in _listed(folder):
+        confidence = float(row["confidence"])
+        if row["label"] != row["answered"] and confidence >= CONFIDENT:
+            found[row["file"]] = (
+                f"labelled {row['label']}, but v{row['version']} answered {row['answered']} "
+                f"with {confidence:.2f}: look at the photo; to trust the label, move it to a "
+                "folder without feedback.csv (the source, or a reviewed folder added beside it)"
+            )
     return found
