@@ -306,3 +306,24 @@ def test_prepare_refuses_an_export_whose_list_does_not_match(
         prepare(class_folders, tmp_path / "v2", settings, workers=1, progress=False, added=[out])
     assert "feedback-export --out" in str(refused.value)  # it says how to fix it
     assert not (tmp_path / "v2" / "manifest.csv").exists()
+
+
+def test_a_users_copy_labelled_the_other_class_never_rejects_the_source_photo(
+    class_folders: Path, tmp_path: Path
+) -> None:
+    settings = Settings(image_size=32, val_fraction=0.2, test_fraction=0.2)
+    first = prepare(class_folders, tmp_path / "v1", settings, workers=1, progress=False)
+    before = {r.relpath: r for r in read_manifest(tmp_path / "v1" / "manifest.csv")}
+    forged = tmp_path / "forged"
+    (forged / "dog").mkdir(parents=True)
+    (forged / "dog" / "copy.jpg").write_bytes((class_folders / "Cat" / "3.jpg").read_bytes())
+    second = prepare(
+        class_folders, tmp_path / "v2", settings, workers=1, progress=False, added=[forged]
+    )
+    rows = {r.relpath: r for r in read_manifest(tmp_path / "v2" / "manifest.csv")}
+    source = rows["Cat/3.jpg"]
+    assert (source.status, source.split) == ("kept", before["Cat/3.jpg"].split)
+    copy = rows["+1/dog/copy.jpg"]
+    assert (copy.status, copy.reason) == ("rejected", "label_conflict")
+    assert "the source's label stands" in copy.detail
+    assert second.kept == first.kept

@@ -55,15 +55,24 @@ def inspect(
     return record
 
 
+ADDED = "+"  # relpaths of the folders `prepare --add` joins to the source start "+<k>/"
+
+
 def reject_conflicts_and_duplicates(records: list[Record]) -> None:
-    """Same bytes under two labels: every copy goes (we cannot tell which label is right).
-    Same bytes twice under one label: the first in natural order stays."""
+    """Same bytes under two labels in the source: every copy goes (we cannot tell which label is
+    right). An added folder's copy of a source photo never rejects it: the source's label stands,
+    and the added copy goes (another label: `label_conflict`, else a duplicate), so an uploaded
+    byte copy labelled the other class cannot delete a training photo. Same bytes twice under one
+    label: the first in natural order stays."""
     by_sha: dict[str, list[Record]] = defaultdict(list)
     for rec in records:
         if rec.status == "kept":
             by_sha[rec.sha256].append(rec)
     for copies in by_sha.values():
-        labels = sorted({rec.label for rec in copies})
+        source = [rec for rec in copies if not rec.relpath.startswith(ADDED)]
+        added = [rec for rec in copies if rec.relpath.startswith(ADDED)] if source else []
+        trusted = source or copies
+        labels = sorted({rec.label for rec in trusted})
         if len(labels) > 1:
             others = ", ".join(rec.relpath for rec in copies)
             for rec in copies:
@@ -71,5 +80,14 @@ def reject_conflicts_and_duplicates(records: list[Record]) -> None:
                     "label_conflict", f"same bytes filed as {' and '.join(labels)}: {others}"
                 )
             continue
-        for rec in copies[1:]:
-            rec.reject("duplicate", f"byte copy of {copies[0].relpath}")
+        for rec in added:
+            if rec.label != labels[0]:
+                rec.reject(
+                    "label_conflict",
+                    f"labelled {rec.label}, but the source files the same bytes as {labels[0]} "
+                    f"({trusted[0].relpath}): the source's label stands",
+                )
+            else:
+                rec.reject("duplicate", f"byte copy of {trusted[0].relpath}")
+        for rec in trusted[1:]:
+            rec.reject("duplicate", f"byte copy of {trusted[0].relpath}")

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from catsdogs_pl import preprocessing
 from catsdogs_pl.contracts import Summary
 from catsdogs_pl.data import cache, feedback, sources
-from catsdogs_pl.data.cleaning import Record, inspect, reject_conflicts_and_duplicates
+from catsdogs_pl.data.cleaning import ADDED, Record, inspect, reject_conflicts_and_duplicates
 from catsdogs_pl.data.split import SPLITS, assign_split, dataset_version
 from catsdogs_pl.errors import ConfigError
 
@@ -80,14 +80,14 @@ def _resolve(
     distrusted = {}
     for k, folder in enumerate(added, start=1):
         extra_root, extra = sources.resolve(folder, out / f"extracted-{k}", classes_needed=1)
-        prefix = f"+{k}/"
+        prefix = f"{ADDED}{k}/"
         roots[prefix] = extra_root
         files += [dataclasses.replace(f, relpath=prefix + f.relpath) for f in extra]
         distrusted |= {prefix + rel: why for rel, why in feedback.conflicts(extra_root).items()}
 
     def where(relpath: str) -> Path:
         head, _, rest = relpath.partition("/")
-        return roots[f"{head}/"] / rest if relpath.startswith("+") else root / relpath
+        return roots[f"{head}/"] / rest if relpath.startswith(ADDED) else root / relpath
 
     return where, files, distrusted
 
