@@ -6,8 +6,8 @@
 DIR and moved into its place whole, so an interrupted export leaves the previous snapshot (or no
 DIR), never images without their list, and a photo whose capture is gone since leaves with it.
 `prepare --add DIR` takes the folder beside the original source and refuses it when the list is
-unreadable or does not match the images (`conflicts`): a label read from a broken list would be
-trusted. A photo labelled against an answer given with at least CONFIDENT probability is rejected
+unreadable or does not match the images (`conflicts`; a listed photo a reviewer moved out is not a
+mismatch): a label read from a broken list would be trusted. A photo labelled against an answer given with at least CONFIDENT probability is rejected
 there with the reason `feedback_conflict`: someone looks at it, and moves it to a folder without
 feedback.csv (the source, or a reviewed folder added beside it) to trust it. A wrong label is cheap
 to give and expensive to learn.
@@ -73,7 +73,8 @@ def export(store: Store, out: Path) -> dict[str, int]:
 
 def _listed(folder: Path) -> list[dict[str, str]]:
     """The rows of `folder`'s list, each checked against its image; ConfigError naming the first
-    thing wrong (the list unreadable, a row cut short, an image missing, changed or unlisted)."""
+    thing wrong (the list unreadable, a row cut short, an image changed or unlisted). A listed
+    image that is gone is what review does (moved to a trusted folder), not an error."""
     fix = f"export it again (python -m catsdogs_pl.data feedback-export --out {folder})"
     try:
         with open(folder / LIST, newline="") as handle:
@@ -89,10 +90,12 @@ def _listed(folder: Path) -> list[dict[str, str]]:
             raise ConfigError(f"{folder / LIST} line {line} is cut short: {fix}")
         try:
             float(row["confidence"])
-            data = (folder / row["file"]).read_bytes()
-        except (ValueError, OSError) as exc:
+        except ValueError as exc:
             raise ConfigError(f"{folder / LIST} line {line} ({row['file']}): {exc}: {fix}") from exc
-        if hashlib.sha256(data).hexdigest() != row["sha256"]:
+        image = folder / row["file"]
+        if not image.exists():  # a reviewer moved it out: nothing trains on it from here
+            continue
+        if hashlib.sha256(image.read_bytes()).hexdigest() != row["sha256"]:
             raise ConfigError(f"{folder / row['file']} is not the image its list names: {fix}")
     images = {p.relative_to(folder).as_posix() for p in folder.glob("*/*") if p.is_file()}
     if unlisted := sorted(images - {row["file"] for row in rows}):
