@@ -20,7 +20,7 @@ from catsdogs_pl.data.prepare import Settings, prepare, read_manifest
 from catsdogs_pl.errors import ConfigError
 from catsdogs_pl.monitoring import feedback
 from catsdogs_pl.serving import torchserve as ts
-from tests.helpers.images import image_bytes
+from tests.helpers.images import image_bytes, make_class_folders
 from tests.helpers.ports import free_ports
 
 KEY = "k" * 32
@@ -324,3 +324,20 @@ def test_a_users_copy_labelled_the_other_class_never_rejects_the_source_photo(
     assert (copy.status, copy.reason) == ("rejected", "label_conflict")
     assert "the source's label stands" in copy.detail
     assert second.kept == first.kept
+
+
+def test_users_labels_join_the_training_split_only(class_folders: Path, tmp_path: Path) -> None:
+    settings = Settings(image_size=32, val_fraction=0.3, test_fraction=0.3)
+    labels = make_class_folders(
+        tmp_path / "labels", per_class=20, classes=("cat", "dog"), start=1000
+    )
+    first = prepare(class_folders, tmp_path / "v1", settings, workers=1, progress=False)
+    second = prepare(
+        class_folders, tmp_path / "v2", settings, workers=1, progress=False, added=[labels]
+    )
+    rows = [r for r in read_manifest(tmp_path / "v2" / "manifest.csv") if r.status == "kept"]
+    assert {r.split for r in rows if r.relpath.startswith("+1/")} == {"train"}
+    assert len([r for r in rows if r.relpath.startswith("+1/")]) == 40
+    for split in ("val", "test"):  # the source's held-out photos, untouched
+        assert second.splits[split] == first.splits[split]
+    assert second.splits["train"]["total"] == first.splits["train"]["total"] + 40

@@ -6,10 +6,11 @@ and `cache/<size>px/` (the training arrays). A second run with the same source a
 them all; a changed source re-cleans, a changed split or size only rebuilds what depends on it.
 
 Folders `added` beside the source (users' labels, `python -m catsdogs_pl.data feedback-export`)
-join it: their manifest rows start with `+1/`, `+2/`, ... Every photo's split is a keyed hash of its
-bytes, so the source's photos keep their split and new ones join by the same hash; a photo already
-in the source is a duplicate, and one whose label contradicts a confident answer is rejected as
-`feedback_conflict` (data/feedback.py).
+join it: their manifest rows start with `+1/`, `+2/`, ... Every source photo's split is a keyed hash
+of its bytes, so the source's photos keep their split; the added photos join the training split
+only. A photo already in the source is a duplicate (labelled otherwise: rejected, the source's label
+stands), and one whose label contradicts a confident answer is rejected as `feedback_conflict`
+(data/feedback.py).
 """
 
 from __future__ import annotations
@@ -195,9 +196,14 @@ def prepare(
                 rec.reject("feedback_conflict", distrusted[rec.relpath])
         staged = True
     for rec in records:
-        if rec.status == "kept":
-            rec.split = assign_split(
-                rec.sha256, settings.split_seed, settings.val_fraction, settings.test_fraction
+        if rec.status == "kept":  # users' labels train only: val and test stay the source's,
+            # so the accuracy a version reports (and the gate) is measured on photos no user labelled
+            rec.split = (
+                "train"
+                if rec.relpath.startswith(ADDED)
+                else assign_split(
+                    rec.sha256, settings.split_seed, settings.val_fraction, settings.test_fraction
+                )
             )
     described = " + ".join(str(p) for p in (source, *added))
     summary = _summarise(described, records, settings, fingerprint)
