@@ -96,8 +96,11 @@ def test_errors_page_only_for_requests_that_reached_inference() -> None:
     assert rated(page["expr"]) == {"ts_inference_requests_total", *handled}, page["expr"]
     assert rated(warn["expr"]) == {"Requests2XX", "Requests4XX", "Requests5XX"}, warn["expr"]
     handler = (places.ROOT / "handlers" / "catsdogs_handler.py").read_text()
-    for name in handled:  # what the page subtracts is what the handler counts, one per image
-        assert f'add_counter("{name}", 1' in handler, name
+    # what the page subtracts is what the handler counts, one per image: rejections one at a
+    # time, predictions as the number of images of each label in a batch
+    assert 'add_counter("CatsDogsRejectedInputs", 1' in handler
+    assert re.search(r'add_counter\(\s*"CatsDogsPredictions", n,', handler)
+    assert "if n := int((labels == k).sum())" in handler
     for rule in (page, warn):
         # every counter summed over its label sets, and 0 until TorchServe exports it
         rates = re.findall(r"rate\(\w+\[5m\]\)", rule["expr"])
