@@ -70,7 +70,6 @@ def reject_conflicts_and_duplicates(records: list[Record]) -> None:
             by_sha[rec.sha256].append(rec)
     for copies in by_sha.values():
         source = [rec for rec in copies if not rec.relpath.startswith(ADDED)]
-        added = [rec for rec in copies if rec.relpath.startswith(ADDED)] if source else []
         trusted = source or copies
         labels = sorted({rec.label for rec in trusted})
         if len(labels) > 1:
@@ -80,7 +79,9 @@ def reject_conflicts_and_duplicates(records: list[Record]) -> None:
                     "label_conflict", f"same bytes filed as {' and '.join(labels)}: {others}"
                 )
             continue
-        for rec in added:
+        for rec in copies:  # all but the first trusted copy: only an added one can differ
+            if rec is trusted[0]:
+                continue
             if rec.label != labels[0]:
                 rec.reject(
                     "label_conflict",
@@ -89,5 +90,3 @@ def reject_conflicts_and_duplicates(records: list[Record]) -> None:
                 )
             else:
                 rec.reject("duplicate", f"byte copy of {trusted[0].relpath}")
-        for rec in trusted[1:]:
-            rec.reject("duplicate", f"byte copy of {trusted[0].relpath}")

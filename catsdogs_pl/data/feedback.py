@@ -7,10 +7,10 @@ DIR and moved into its place whole, so an interrupted export leaves the previous
 DIR), never images without their list, and a photo whose capture is gone since leaves with it.
 `prepare --add DIR` takes the folder beside the original source and refuses it when the list is
 unreadable or does not match the images (`conflicts`; a listed photo a reviewer moved out is not a
-mismatch): a label read from a broken list would be trusted. A photo labelled against an answer given with at least CONFIDENT probability is rejected
-there with the reason `feedback_conflict`: someone looks at it, and moves it to a folder without
-feedback.csv (the source, or a reviewed folder added beside it) to trust it. A wrong label is cheap
-to give and expensive to learn.
+mismatch): a label read from a broken list would be trusted. A photo labelled against an answer
+given with at least CONFIDENT probability is rejected there with the reason `feedback_conflict`:
+someone looks at it, and moves it to a folder without feedback.csv (the source, or a reviewed folder
+added beside it) to trust it. A wrong label is cheap to give and expensive to learn.
 """
 
 from __future__ import annotations
