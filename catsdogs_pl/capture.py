@@ -3,9 +3,14 @@
 The handler keeps a `fraction` of its answers in `<state folder>/captures/`: `<id>.img` (the image
 bytes as received) and `<id>.json` (a Capture: id, version, label, probabilities, time). Feedback
 adds `<id>.label.json`. The `.json` of a capture is written last, so a capture exists once it is
-complete; every file goes through a temporary file and a rename. The store is bounded by
-`max_bytes` and `max_age_s`, the oldest removed first, and a disk that refuses a write costs the
-capture, never the answer.
+complete; every file goes through a temporary file and a rename, readable by its owner only (0600).
+Unlabelled captures are bounded by `max_bytes`, the oldest removed first; labelled ones are records
+of their own, never evicted for room: they have their own bound, `max_label_bytes`, past which a
+new label is refused (LabelStoreFull) rather than an old one dropped. Every capture, labelled or
+not, goes at `max_age_s` (the photo's retention: a label lives as long as its photo). A disk that
+refuses a write costs the capture, never the answer. Pruning and the label bound read one listing
+of the folder (names and sizes, never a record), and a lock file keeps a label from arriving while
+its capture is being removed.
 
 Stdlib only: every `.mar` ships it as `catsdogs_capture.py` for the handler; the feedback API and
 the data export read the same folder through it.
@@ -13,18 +18,20 @@ the data export read the same folder through it.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import random
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-ENV = "CATSDOGS_CAPTURE"  # JSON {"folder", "fraction", "max_bytes", "max_age_s"}: serve sets it
+ENV = "CATSDOGS_CAPTURE"  # JSON of `folder` and the Limits: serve sets it
 PRUNE_S = 10.0  # a writer rescans the folder at most this often: bounds hold within it
 ORPHAN_S = 60.0  # an image without its record this long is what a crash between writes left
 _ID = re.compile(r"^[0-9a-f]{32}$")  # uuid4().hex: also what keeps a path inside the folder
@@ -32,18 +39,39 @@ _ID = re.compile(r"^[0-9a-f]{32}$")  # uuid4().hex: also what keeps a path insid
 
 @dataclass(frozen=True)
 class Limits:
-    """How much is kept: the fraction of answers sampled (0: nothing), the bytes of images and
-    the age (seconds) past which the oldest captures go."""
+    """How much is kept: the fraction of answers sampled (0: nothing), the bytes of unlabelled
+    images (the oldest go past it), the bytes of labelled ones (new labels are refused past it)
+    and the age (seconds) past which every capture goes."""
 
     fraction: float = 0.0
     max_bytes: int = 1_000_000_000
     max_age_s: float = 30 * 86400.0
+    max_label_bytes: int = 1_000_000_000
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.fraction <= 1.0:
             raise ValueError(f"capture fraction {self.fraction}: use a number from 0 to 1")
-        if self.max_bytes <= 0 or self.max_age_s <= 0:
-            raise ValueError("capture max_bytes and max_age_s must be positive")
+        if min(self.max_bytes, self.max_age_s, self.max_label_bytes) <= 0:
+            raise ValueError("capture max_bytes, max_age_s and max_label_bytes must be positive")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A complete capture as the folder's listing shows it: its image's bytes and time (the
+    capture's), and whether it is labelled."""
+
+    id: str
+    size: int
+    time: float
+    labelled: bool
+
+
+class LabelStoreFull(OSError):
+    """A new label would take the labelled photos past `max_label_bytes`."""
+
+
+class Gone(LookupError):
+    """The capture was removed (expired or evicted) before its label could be recorded."""
 
 
 @dataclass(frozen=True)
@@ -70,10 +98,13 @@ def valid_id(text: str) -> bool:
     return bool(_ID.match(text))
 
 
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def _write(path: Path, data: bytes, when: float | None = None) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
+        tmp.touch(mode=0o600)  # users' photos: the owner only, before a byte is in it
         tmp.write_bytes(data)
+        if when is not None:
+            os.utime(tmp, (when, when))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -116,7 +147,7 @@ class Store:
         image, record = self._paths(capture.id)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            _write(image, data)
+            _write(image, data, capture.time)  # its time is the capture's: the index reads it
             _write(record, json.dumps(asdict(capture) | {"size": len(data)}).encode())
         except OSError:
             image.unlink(missing_ok=True)
@@ -143,10 +174,56 @@ class Store:
             return None
 
     def captures(self) -> list[Capture]:
-        """Every complete capture, oldest first."""
-        answers = (p for p in self.folder.glob("*.json") if not p.name.endswith(".label.json"))
-        found = (self.get(path.stem) for path in answers)
-        return sorted((c for c in found if c is not None), key=lambda c: c.time)
+        """Every complete capture, oldest first (reads every record: for small stores and tests;
+        `index` and `labelled` are what the server's paths use)."""
+        found = (self.get(entry.id) for entry in self.index())
+        return [c for c in found if c is not None]
+
+    def index(self) -> list[Entry]:
+        """Every complete capture, oldest first, from one listing of the folder (no record read)."""
+        images, records, labels = self._listing()
+        entries = []
+        for capture_id in records & images.keys():
+            try:
+                stat = images[capture_id].stat()
+            except OSError:  # removed since the listing
+                continue
+            entries.append(Entry(capture_id, stat.st_size, stat.st_mtime, capture_id in labels))
+        return sorted(entries, key=lambda e: e.time)
+
+    def _listing(self) -> tuple[dict[str, os.DirEntry[str]], set[str], set[str]]:
+        """(id -> image entry, ids with a record, ids with a label) of the folder."""
+        images, records, labels = {}, set(), set()
+        try:
+            listing = os.scandir(self.folder)
+        except FileNotFoundError:
+            return images, records, labels
+        with listing:
+            for entry in listing:
+                stem, _, kind = entry.name.partition(".")
+                if not valid_id(stem):
+                    continue
+                if kind == "img":
+                    images[stem] = entry
+                elif kind == "json":
+                    records.add(stem)
+                elif kind == "label.json":
+                    labels.add(stem)
+        return images, records, labels
+
+    def labelled(self) -> list[tuple[Capture, Feedback]]:
+        """Every labelled capture with its label, oldest capture first (reads only those)."""
+        found = []
+        for entry in self.index():
+            if entry.labelled:
+                answer, given = self.get(entry.id), self.feedback(entry.id)
+                if answer is not None and given is not None:
+                    found.append((answer, given))
+        return found
+
+    def label_bytes(self) -> int:
+        """The bytes of the labelled photos: what `max_label_bytes` bounds."""
+        return sum(e.size for e in self.index() if e.labelled)
 
     def image(self, capture_id: str) -> bytes:
         return self._paths(capture_id)[0].read_bytes()
@@ -158,36 +235,72 @@ class Store:
             return None
 
     def set_feedback(self, capture_id: str, feedback: Feedback) -> Feedback | None:
-        """Record `feedback` for a capture (the later label stands); the one it replaced."""
-        before = self.feedback(capture_id)
-        _write(self._label_path(capture_id), json.dumps(asdict(feedback)).encode())
+        """Record `feedback` for a capture (the later label stands); the one it replaced. Gone
+        when the capture was removed meanwhile, LabelStoreFull when a first label of a capture
+        would take the labelled photos past `max_label_bytes`."""
+        image, record = self._paths(capture_id)
+        with self._locked():
+            if not record.exists():
+                raise Gone(capture_id)
+            before = self.feedback(capture_id)
+            if before is None:
+                size = image.stat().st_size
+                if self.label_bytes() + size > self.limits.max_label_bytes:
+                    raise LabelStoreFull(
+                        f"labelled photos would exceed {self.limits.max_label_bytes} bytes: "
+                        "raise capture_label_max_mb (config.properties), or let the oldest "
+                        "labels expire with their photos (capture_max_age_days)"
+                    )
+            _write(self._label_path(capture_id), json.dumps(asdict(feedback)).encode())
         return before
 
     def _label_path(self, capture_id: str) -> Path:
         return self._paths(capture_id)[0].with_suffix(".label.json")
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Labelling and removing exclude each other across processes (an flock)."""
+        try:
+            handle = open(self.folder / ".lock", "a")  # noqa: SIM115 - held across the yield
+        except OSError:  # a folder so full it refuses an empty file: removing must still work
+            yield
+            return
+        with handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+
     def prune(self, now: float | None = None) -> int:
-        """Remove captures past `max_age_s`, then the oldest until the images fit `max_bytes`,
-        and images a crash left without their record; the number of captures removed."""
+        """Remove captures past `max_age_s`, then the oldest unlabelled ones until those fit
+        `max_bytes`, and images a crash left without their record; the number of captures
+        removed. Labelled captures are never removed for room."""
         now = time.time() if now is None else now
-        kept = self.captures()
-        expired = [c for c in kept if now - c.time > self.limits.max_age_s]
-        kept = kept[len(expired) :] if expired else kept
-        total = sum(c.size for c in kept)
-        while kept and total > self.limits.max_bytes:
-            total -= kept[0].size
-            expired.append(kept.pop(0))
-        for capture in expired:
-            self._remove(capture.id)
-        recorded = {c.id for c in kept}
-        for image in self.folder.glob("*.img"):
+        entries = self.index()
+        expired = [e for e in entries if now - e.time > self.limits.max_age_s]
+        unlabelled = [
+            e for e in entries if not e.labelled and now - e.time <= self.limits.max_age_s
+        ]
+        total = sum(e.size for e in unlabelled)
+        for entry in unlabelled:
+            if total <= self.limits.max_bytes:
+                break
+            total -= entry.size
+            expired.append(entry)
+        removed = 0
+        with self._locked():
+            for entry in expired:
+                aged = now - entry.time > self.limits.max_age_s
+                if aged or not self._label_path(entry.id).exists():  # labelled since the listing
+                    self._remove(entry.id)
+                    removed += 1
+        images, records, _ = self._listing()
+        for capture_id, image in images.items():
             try:
-                orphan = image.stem not in recorded and now - image.stat().st_mtime > ORPHAN_S
+                orphan = capture_id not in records and now - image.stat().st_mtime > ORPHAN_S
             except OSError:
                 continue
             if orphan:
-                image.unlink(missing_ok=True)
-        return len(expired)
+                Path(image.path).unlink(missing_ok=True)
+        return removed
 
     def _remove(self, capture_id: str) -> None:
         image, record = self._paths(capture_id)
@@ -196,11 +309,16 @@ class Store:
         self._label_path(capture_id).unlink(missing_ok=True)
 
 
-def settings(values: dict[str, Any], folder: Path) -> str:
-    """The ENV value for TorchServe's workers, from config.properties' capture_* values."""
-    limits = Limits(
+def limits(values: dict[str, Any]) -> Limits:
+    """The Limits of config.properties' capture_* values."""
+    return Limits(
         fraction=float(values.get("capture_fraction", 0)),
         max_bytes=int(float(values.get("capture_max_mb", 1000)) * 1_000_000),
         max_age_s=float(values.get("capture_max_age_days", 30)) * 86400,
+        max_label_bytes=int(float(values.get("capture_label_max_mb", 1000)) * 1_000_000),
     )
-    return json.dumps({"folder": str(folder), **asdict(limits)})
+
+
+def settings(values: dict[str, Any], folder: Path) -> str:
+    """The ENV value for TorchServe's workers, from config.properties' capture_* values."""
+    return json.dumps({"folder": str(folder), **asdict(limits(values))})

@@ -128,9 +128,72 @@ def test_serve_settings_reach_the_workers(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv(capture.ENV, capture.settings(values, tmp_path))
     store = Store.from_env()
     assert store is not None and store.folder == tmp_path
-    assert store.limits == Limits(0.5, 2_000_000, 86400.0)
+    assert store.limits == Limits(0.5, 2_000_000, 86400.0, 1_000_000_000)
     monkeypatch.setenv(capture.ENV, capture.settings({"capture_fraction": "0"}, tmp_path))
     assert Store.from_env() is None  # off: the handler keeps nothing
     with pytest.raises(ValueError, match="capture fraction 2.0: use a number from 0 to 1"):
         capture.settings({"capture_fraction": "2"}, tmp_path)
     assert json.loads(capture.settings({}, tmp_path))["fraction"] == 0.0
+
+
+def test_labelled_captures_are_not_evicted_for_room(tmp_path: Path) -> None:
+    store = _store(tmp_path, max_bytes=2500)
+    now = time.time()
+    answers = [_capture(now - 100 + i) for i in range(6)]
+    for answer in answers:
+        store.keep(answer, b"x" * 1000)
+    for answer in answers[:2]:  # the oldest: what the size bound removed first
+        store.set_feedback(answer.id, Feedback("dog"))
+    store.prune(now)
+    kept = [c.id for c in store.captures()]
+    assert kept == [a.id for a in answers[:2] + answers[-2:]]  # unlabelled ones fit 2500 bytes
+    assert [store.feedback(a.id) is not None for a in answers[:2]] == [True, True]
+
+
+def test_past_the_label_bound_a_new_label_is_refused_not_an_old_one_lost(tmp_path: Path) -> None:
+    store = _store(tmp_path, max_label_bytes=2500)
+    answers = [_capture() for _ in range(3)]
+    for answer in answers:
+        store.keep(answer, b"x" * 1000)
+    store.set_feedback(answers[0].id, Feedback("dog"))
+    store.set_feedback(answers[1].id, Feedback("dog"))
+    with pytest.raises(capture.LabelStoreFull, match="raise capture_label_max_mb"):
+        store.set_feedback(answers[2].id, Feedback("dog"))
+    store.set_feedback(answers[1].id, Feedback("cat"))  # relabelling takes no more room
+    assert store.label_bytes() == 2000 and store.feedback(answers[2].id) is None
+
+
+def test_a_label_for_a_capture_removed_meanwhile_is_refused(tmp_path: Path) -> None:
+    store = _store(tmp_path, max_age_s=3600)
+    old = _capture(time.time() - 7200)
+    store.keep(old, b"x")
+    assert store.get(old.id) is not None
+    store.prune()
+    with pytest.raises(capture.Gone):
+        store.set_feedback(old.id, Feedback("dog"))
+    assert not list(tmp_path.glob(f"{old.id}*"))  # no label left behind without its photo
+
+
+def test_pruning_reads_no_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = _store(tmp_path, max_bytes=1500)
+    now = time.time()
+    answers = [_capture(now - 10 + i) for i in range(3)]
+    for answer in answers:
+        store.keep(answer, b"x" * 1000)
+
+    def refuse(*_: object) -> None:
+        raise AssertionError("prune read a record: it should need only the folder's listing")
+
+    monkeypatch.setattr(Store, "get", refuse)
+    monkeypatch.setattr(Path, "read_text", refuse)
+    assert store.prune(now) == 2
+    assert [e.id for e in store.index()] == [answers[-1].id]
+
+
+def test_photos_are_readable_by_their_owner_only(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    answer = _capture()
+    store.keep(answer, b"x")
+    store.set_feedback(answer.id, Feedback("dog"))
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.glob(f"{answer.id}*")}
+    assert len(modes) == 3 and set(modes.values()) == {0o600}

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from catsdogs_pl import places, prometheus
-from catsdogs_pl.capture import Capture, Limits, Store
+from catsdogs_pl.capture import Capture, Feedback, Limits, Store
 from catsdogs_pl.data import feedback as data_feedback
 from catsdogs_pl.data.prepare import Settings, prepare, read_manifest
 from catsdogs_pl.errors import ConfigError
@@ -95,6 +95,17 @@ def test_bad_feedback_is_refused_naming_why(
     assert store.feedback(first) is None
 
 
+def test_a_full_label_store_refuses_the_new_label_and_keeps_the_old(
+    store: Store, post: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TS_CAPTURE_LABEL_MAX_MB", "0.000005")  # one 5-byte photo
+    first, second = (c.id for c in store.captures())
+    assert post({"id": first, "label": "dog"})[0] == 200
+    status, answer = post({"id": second, "label": "dog"})
+    assert status == 507 and "raise capture_label_max_mb" in answer["error"]
+    assert store.feedback(first).label == "dog" and store.feedback(second) is None
+
+
 def test_an_oversized_or_malformed_body_is_refused(post: Any) -> None:
     status, answer = post(None, raw=b"{" * (prometheus.MAX_BODY + 1))
     assert status == 413 and str(prometheus.MAX_BODY) in answer["error"]
@@ -125,18 +136,18 @@ def test_labelled_accuracy_per_version_over_the_window(tmp_path: Path) -> None:
     found = Store(tmp_path, Limits(fraction=1.0))
     found.next_prune = float("inf")
     now = time.time()
-    answers = [  # (version, answered, the user's label, captured seconds ago)
-        ("2", "cat", "cat", 10),
-        ("2", "dog", "cat", 20),
-        ("2", "dog", "dog", 7200),  # outside a one-hour window
-        ("3", "cat", "cat", 30),
-        ("3", "dog", None, 40),  # never labelled
+    answers = [  # (version, answered, the user's label, captured and labelled seconds ago)
+        ("2", "cat", "cat", 10, 5),
+        ("2", "dog", "cat", 7200, 20),  # captured long ago, labelled late: it counts now
+        ("2", "dog", "dog", 7200, 7000),  # labelled outside a one-hour window
+        ("3", "cat", "cat", 30, 10),
+        ("3", "dog", None, 40, 0),  # never labelled
     ]
-    for version, answered, given, ago in answers:
+    for version, answered, given, ago, labelled_ago in answers:
         answer = Capture(uuid.uuid4().hex, version, answered, {"cat": 0.5, "dog": 0.5}, now - ago)
         found.keep(answer, b"x")
         if given:
-            feedback.give(found, answer.id, given)
+            found.set_feedback(answer.id, Feedback(given, now - labelled_ago))
     recent = feedback.tally(found, now - 3600)
     assert {v: (t.labelled, t.correct) for v, t in recent.items()} == {"2": (2, 1), "3": (1, 1)}
     everything = feedback.tally(found)

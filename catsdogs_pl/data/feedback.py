@@ -41,10 +41,7 @@ def export(store: Store, out: Path) -> dict[str, int]:
     shutil.rmtree(partial, ignore_errors=True)  # what an interrupted export left
     partial.mkdir(parents=True)
     rows = []
-    for answer in store.captures():
-        given = store.feedback(answer.id)
-        if given is None:
-            continue
+    for answer, given in store.labelled():
         try:
             data = store.image(answer.id)
         except OSError:  # pruned since it was listed

@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from catsdogs_pl import errors, places
-from catsdogs_pl.capture import Feedback, Store
+from catsdogs_pl import capture, errors, places
+from catsdogs_pl.capture import Feedback, Gone, LabelStoreFull, Store
 from catsdogs_pl.serving import torchserve as ts
 
 RATE_PER_S = 50.0  # POST /feedback accepted per second, after a burst of BURST: a flood gets 429
@@ -37,18 +37,24 @@ class Refused(Exception):
 
 def give(store: Store, answer_id: str, label: str) -> dict[str, Any]:
     """Record `label` for the captured answer `answer_id`; the later label of an id stands."""
+    gone = Refused(
+        404,
+        f"no captured answer {answer_id[:64]!r}: only captured answers can be labelled "
+        "(config.properties capture_fraction), and the oldest are removed "
+        "(capture_max_age_days, capture_max_mb)",
+    )
     found = store.get(answer_id)
     if found is None:
-        raise Refused(
-            404,
-            f"no captured answer {answer_id[:64]!r}: only captured answers can be labelled "
-            "(config.properties capture_fraction), and the oldest are removed "
-            "(capture_max_age_days, capture_max_mb)",
-        )
+        raise gone
     classes = sorted(found.probabilities)
     if label not in classes:
         raise Refused(400, f"label {label[:64]!r}: use one of {', '.join(classes)}")
-    before = store.set_feedback(answer_id, Feedback(label))
+    try:
+        before = store.set_feedback(answer_id, Feedback(label))
+    except Gone:
+        raise gone from None
+    except LabelStoreFull as exc:
+        raise Refused(507, f"label store full, label not recorded: {exc}") from exc
     return {
         "id": answer_id,
         "label": label,
@@ -77,11 +83,11 @@ class Tally:
 
 
 def tally(store: Store, since: float = 0.0) -> dict[str, Tally]:
-    """Per version, the labelled answers captured at or after `since` (a Unix time)."""
+    """Per version, the answers labelled at or after `since` (a Unix time): by the label's time,
+    so a label given late counts when it comes."""
     found: dict[str, Tally] = {}
-    for answer in store.captures():
-        given = store.feedback(answer.id) if answer.time >= since else None
-        if given is not None:
+    for answer, given in store.labelled():
+        if given.time >= since:
             counts = found.setdefault(answer.version, Tally())
             counts.labelled += 1
             counts.correct += given.label == answer.label
@@ -180,8 +186,8 @@ def send(answer_id: str, label: str, tries: int = 100) -> tuple[int, dict[str, A
 
 
 def default_store() -> Store:
-    """The capture store of the state folder."""
-    return Store.reader(places.captures())
+    """The capture store of the state folder, with the bounds config.properties gives it."""
+    return Store(places.captures(), capture.limits(places.capture_properties()))
 
 
 def add_csv(store: Store, path: str) -> tuple[int, list[str]]:

@@ -14,7 +14,7 @@ reference cannot be read now (an archive being rewritten, a registry that does n
 reported as skipped, with why, and read again the next round.
 
 Beside the drift figures: the accuracy on users' labels of captured answers (monitoring/feedback.py)
-per version, of the answers captured in the window.
+per version, of the answers labelled in the window.
 """
 
 from __future__ import annotations
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     monitor = Monitor(args.prometheus, args.window)
     store = feedback.default_store()
 
-    def labelled() -> dict[str, feedback.Tally]:  # captured in the window (0: all kept)
+    def labelled() -> dict[str, feedback.Tally]:  # labelled in the window (0: all kept)
         return feedback.tally(store, time.time() - args.window if args.window else 0.0)
 
     if not args.serve:
