@@ -15,7 +15,7 @@ import hmac
 import json
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,13 +150,13 @@ def route(store: Store | None = None, bucket: Bucket | None = None) -> Any:
     recorded feedback or an error naming what was wrong out."""
     bucket = bucket or Bucket()
 
-    def post(body: bytes, headers: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
-        if not authorized(headers):
+    def post(read: Callable[[], bytes], headers: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
+        if not authorized(headers):  # before the body is read
             return 401, {"error": "send the inference key: Authorization: Bearer <key>"}
         if not bucket.take():
             return 429, {"error": f"over {RATE_PER_S:g} feedback requests per second"}
         try:
-            sent = json.loads(body)
+            sent = json.loads(read())
         except ValueError:
             sent = None
         if not (isinstance(sent, dict) and isinstance(sent.get("id"), str)):
