@@ -88,10 +88,13 @@ class Capture:
 
 @dataclass(frozen=True)
 class Feedback:
-    """What a user said a captured photo really was, and when."""
+    """What a user said a captured photo really was, when, and who said it (a labeller's name).
+    `votes`: every giver's latest label of the photo, so givers who disagree can be reviewed."""
 
     label: str
     time: float = field(default_factory=time.time)
+    giver: str = ""
+    votes: dict[str, str] = field(default_factory=dict)
 
 
 def valid_id(text: str) -> bool:
@@ -223,7 +226,12 @@ class Store:
 
     def label_bytes(self) -> int:
         """The bytes of the labelled photos: what `max_label_bytes` bounds."""
-        return sum(e.size for e in self.index() if e.labelled)
+        images, records, labels = self._listing()
+        total = 0
+        for capture_id in labels & records & images.keys():
+            with contextlib.suppress(OSError):  # removed since the listing
+                total += images[capture_id].stat().st_size
+        return total
 
     def image(self, capture_id: str) -> bytes:
         return self._paths(capture_id)[0].read_bytes()
@@ -235,7 +243,8 @@ class Store:
             return None
 
     def set_feedback(self, capture_id: str, feedback: Feedback) -> Feedback | None:
-        """Record `feedback` for a capture (the later label stands); the one it replaced. Gone
+        """Record `feedback` for a capture (the later label stands, its giver's vote joins the
+        others'); the one it replaced. Gone
         when the capture was removed meanwhile, LabelStoreFull when a first label of a capture
         would take the labelled photos past `max_label_bytes`."""
         image, record = self._paths(capture_id)
@@ -251,7 +260,9 @@ class Store:
                         "raise capture_label_max_mb (config.properties), or let the oldest "
                         "labels expire with their photos (capture_max_age_days)"
                     )
-            _write(self._label_path(capture_id), json.dumps(asdict(feedback)).encode())
+            votes = (before.votes if before else {}) | {feedback.giver: feedback.label}
+            recorded = asdict(feedback) | {"votes": votes}
+            _write(self._label_path(capture_id), json.dumps(recorded).encode())
         return before
 
     def _label_path(self, capture_id: str) -> Path:

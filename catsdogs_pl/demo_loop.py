@@ -26,7 +26,7 @@ from catsdogs_pl.data import feedback as data_feedback
 from catsdogs_pl.data import synthetic
 from catsdogs_pl.demo import DEMO_CONFIG, step
 from catsdogs_pl.errors import exit_code
-from catsdogs_pl.monitoring import feedback
+from catsdogs_pl.monitoring import feedback, labellers
 from catsdogs_pl.registry import MlflowSettings
 from catsdogs_pl.serving import deploy, gate, serve
 from catsdogs_pl.serving import torchserve as ts
@@ -90,16 +90,18 @@ def main(argv: list[str] | None = None) -> int:
         wrong = sum(truth != said for _, truth, said in answers)
         print(f"{len(answers)} answered, {wrong} of them wrong; {len(store.captures())} captured")
         step("3/7 users label the answers: POST /feedback on the monitor's port")
+        key = labellers.add("demo-user")  # python -m catsdogs_pl.feedback labeller add demo-user
         codes: dict[int, int] = {}
         for answer_id, truth, _ in answers:
-            code = feedback.send(answer_id, truth)[0]
+            code = feedback.send(answer_id, truth, key)[0]
             codes[code] = codes.get(code, 0) + 1
         print(f"answers of /feedback: {codes}")
         step("4/7 the live accuracy on users' labels (the monitor's gauges)")
         print(labelled_gauges())
         step("5/7 export the labelled captures; a reviewer checks the flagged; v2 fits on them")
         labels, reviewed = work / "labels", work / "reviewed"
-        print(f"exported: {data_feedback.export(store, labels)} into {labels}")
+        summary = data_feedback.export(store, labels, max_share=1.0)  # one labeller: all of it
+        print(f"exported: {summary} into {labels}")
         flagged = data_feedback.conflicts(labels)
         for name in flagged:  # these users are right by construction: the reviewer confirms all
             (reviewed / name).parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,8 @@
-"""`python -m catsdogs_pl.feedback add FILE.csv`: users' labels for captured answers, in a batch.
+"""`python -m catsdogs_pl.feedback {add FILE.csv,labeller add NAME,prune}`: users' labels for
+captured answers in a batch, the labellers' keys, and the capture store's bounds applied now.
 
 The command users type; the feedback code lives in `catsdogs_pl.monitoring.feedback` (which also
-serves `POST /feedback` on the monitor's port).
+serves `POST /feedback` on the monitor's port) and `catsdogs_pl.monitoring.labellers`.
 """
 
 from __future__ import annotations

@@ -118,9 +118,10 @@ def test_the_later_label_stands(tmp_path: Path) -> None:
     store = Store(tmp_path, Limits(fraction=1.0))
     answer = _capture()
     store.keep(answer, b"x")
-    assert store.set_feedback(answer.id, Feedback("dog", 1.0)) is None
-    assert store.set_feedback(answer.id, Feedback("cat", 2.0)) == Feedback("dog", 1.0)
-    assert store.feedback(answer.id) == Feedback("cat", 2.0)
+    assert store.set_feedback(answer.id, Feedback("dog", 1.0, "ann")) is None
+    assert store.set_feedback(answer.id, Feedback("cat", 2.0, "ann")).label == "dog"
+    assert store.set_feedback(answer.id, Feedback("dog", 3.0, "bob")).label == "cat"
+    assert store.feedback(answer.id) == Feedback("dog", 3.0, "bob", {"ann": "cat", "bob": "dog"})
 
 
 def test_serve_settings_reach_the_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

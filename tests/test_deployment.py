@@ -66,7 +66,7 @@ def _declared_metrics() -> set[str]:
     """Metric names Prometheus can see: metrics.yaml (histograms as _bucket), serve's own and the
     drift monitor's gauges."""
     from catsdogs_pl.monitoring.drift import GAUGES
-    from catsdogs_pl.monitoring.feedback import LABELLED
+    from catsdogs_pl.monitoring.feedback import LABELLED, STORE
 
     spec = yaml.safe_load((CONFIGS / "torchserve" / "metrics.yaml").read_text())
     names = set()
@@ -75,7 +75,7 @@ def _declared_metrics() -> set[str]:
             suffix = "_bucket" if kind == "histogram" else ""
             names |= {m["name"] + suffix for m in metrics}
     names |= set(re.findall(r"^# TYPE (\w+)", serve.worker_metrics(), flags=re.M))
-    names |= set(GAUGES) | set(LABELLED)
+    names |= set(GAUGES) | set(LABELLED) | set(STORE)
     return names | {"up"}
 
 

@@ -3,6 +3,7 @@ and only captured answers can be labelled."""
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import time
@@ -18,19 +19,23 @@ from catsdogs_pl.capture import Capture, Feedback, Limits, Store
 from catsdogs_pl.data import feedback as data_feedback
 from catsdogs_pl.data.prepare import Settings, prepare, read_manifest
 from catsdogs_pl.errors import ConfigError
-from catsdogs_pl.monitoring import feedback
+from catsdogs_pl.monitoring import feedback, labellers
 from catsdogs_pl.serving import torchserve as ts
 from tests.helpers.images import image_bytes, make_class_folders
 from tests.helpers.ports import free_ports
 
 KEY = "k" * 32
+INFERENCE_KEY = "i" * 32
 
 
 @pytest.fixture
 def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Store:
-    """The state folder's capture store with two answers, and TorchServe's key file."""
+    """The state folder's capture store with two answers, TorchServe's key file (the inference
+    key, which does not label) and the labeller alice, whose key is KEY."""
     monkeypatch.setenv("CATSDOGS_HOME", str(tmp_path))
-    (tmp_path / ts.KEY_FILE).write_text(json.dumps({"inference": {"key": KEY}}))
+    (tmp_path / ts.KEY_FILE).write_text(json.dumps({"inference": {"key": INFERENCE_KEY}}))
+    digest = hashlib.sha256(KEY.encode()).hexdigest()
+    (tmp_path / labellers.FILE).write_text(json.dumps({digest: "alice"}))
     found = Store(places.captures(), Limits(fraction=1.0))
     for label in ("cat", "dog"):
         answer = Capture(uuid.uuid4().hex, "2", label, {"cat": 0.8, "dog": 0.2}, time.time())
@@ -43,8 +48,8 @@ def post(store: Store, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """POST to /feedback of a monitor port on a free port: (status, answer)."""
     port = free_ports(1)[0]
     monkeypatch.setenv("TS_MONITOR_ADDRESS", f"http://127.0.0.1:{port}")
-    bucket = feedback.Bucket(rate=0.001, burst=20)
-    server = prometheus.expose("monitor", lambda: "", {"/feedback": feedback.route(None, bucket)})
+    route = feedback.route(None, rate=0.001, burst=20)
+    server = prometheus.expose("monitor", lambda: "", {"/feedback": route})
 
     def send(body: Any, key: str | None = KEY, raw: bytes | None = None) -> tuple[int, dict]:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -65,7 +70,13 @@ def test_a_label_is_recorded_and_the_later_one_stands(store: Store, post: Any) -
     first = store.captures()[0]
     assert post({"id": first.id, "label": "dog"}) == (
         200,
-        {"id": first.id, "label": "dog", "answered": first.label, "replaced": None},
+        {
+            "id": first.id,
+            "label": "dog",
+            "answered": first.label,
+            "replaced": None,
+            "giver": "alice",
+        },
     )
     status, answer = post({"id": first.id, "label": "cat"})
     assert (status, answer["replaced"]) == (200, "dog")
@@ -80,8 +91,9 @@ def test_a_label_is_recorded_and_the_later_one_stands(store: Store, post: Any) -
         ("first", KEY, 400, "use one of cat, dog"),  # "first": the first capture's id
         ({"label": "cat"}, KEY, 400, 'send a JSON object {"id"'),
         ("first-no-label", KEY, 400, 'the "label" must be a class name'),
-        ({"id": "x", "label": "cat"}, None, 401, "send the inference key"),
-        ({"id": "x", "label": "cat"}, "wrong", 401, "send the inference key"),
+        ({"id": "x", "label": "cat"}, None, 401, "send a labeller's key"),
+        ({"id": "x", "label": "cat"}, "wrong", 401, "send a labeller's key"),
+        ({"id": "x", "label": "cat"}, INFERENCE_KEY, 401, "the inference key is not one"),
     ],
 )
 def test_bad_feedback_is_refused_naming_why(
@@ -177,12 +189,14 @@ def test_labels_become_the_next_dataset_and_conflicts_are_flagged(
         probabilities = {answered: p, ({"cat", "dog"} - {answered}).pop(): 1 - p}
         answer = Capture(uuid.uuid4().hex, "1", answered, probabilities, time.time())
         found.keep(answer, data)
-        feedback.give(found, answer.id, "cat" if name == "relabelled" else given)
+        feedback.give(found, answer.id, "cat" if name == "relabelled" else given, "alice")
         ids[name] = answer.id
     found.keep(Capture(uuid.uuid4().hex, "1", "dog", {"dog": 1.0, "cat": 0.0}, 1.0), b"x")
-    assert data_feedback.export(found, tmp_path / "labels") == {"cat": 3, "dog": 1}
-    feedback.give(found, ids["relabelled"], "dog")  # the later label stands, and moves the photo
-    assert data_feedback.export(found, tmp_path / "labels") == {"cat": 2, "dog": 2}
+    assert data_feedback.export(found, tmp_path / "labels", 1.0).labels == {"cat": 3, "dog": 1}
+    feedback.give(
+        found, ids["relabelled"], "dog", "alice"
+    )  # the later label stands, and moves the photo
+    assert data_feedback.export(found, tmp_path / "labels", 1.0).labels == {"cat": 2, "dog": 2}
     assert not (tmp_path / "labels" / "cat" / f"{ids['relabelled']}.jpg").exists()
     second = prepare(
         class_folders,
@@ -208,12 +222,12 @@ def test_labels_become_the_next_dataset_and_conflicts_are_flagged(
 def test_the_client_waits_out_a_429(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     port = free_ports(1)[0]
     monkeypatch.setenv("TS_MONITOR_ADDRESS", f"http://127.0.0.1:{port}")
-    bucket = feedback.Bucket(rate=2.0, burst=1)
-    server = prometheus.expose("monitor", lambda: "", {"/feedback": feedback.route(None, bucket)})
+    route = feedback.route(None, rate=20.0, burst=1)
+    server = prometheus.expose("monitor", lambda: "", {"/feedback": route})
     try:
         first = store.captures()[0].id
-        assert [feedback.send(first, "dog")[0] for _ in range(3)] == [200, 200, 200]
-        assert feedback.send(first, "dog", tries=1)[0] == 429  # no wait: the bucket is empty
+        assert [feedback.send(first, "dog", KEY)[0] for _ in range(3)] == [200, 200, 200]
+        assert feedback.send(first, "dog", KEY, tries=1)[0] == 429  # no wait: the bucket is empty
     finally:
         server.shutdown()
 
@@ -226,7 +240,7 @@ def _labelled(tmp_path: Path, n: int) -> tuple[Store, list[str]]:
     for k in range(n):
         answer = Capture(uuid.uuid4().hex, "1", "cat", {"cat": 0.6, "dog": 0.4}, time.time() + k)
         found.keep(answer, image_bytes(90 + k, (40, 40)))
-        feedback.give(found, answer.id, "dog" if k % 2 else "cat")
+        feedback.give(found, answer.id, "dog" if k % 2 else "cat", "alice")
         ids.append(answer.id)
     return found, ids
 
@@ -234,9 +248,9 @@ def _labelled(tmp_path: Path, n: int) -> tuple[Store, list[str]]:
 def test_an_export_is_a_snapshot_of_the_labels_still_stored(tmp_path: Path) -> None:
     found, ids = _labelled(tmp_path, 3)
     out = tmp_path / "labels"
-    assert data_feedback.export(found, out) == {"cat": 2, "dog": 1}
+    assert data_feedback.export(found, out, 1.0).labels == {"cat": 2, "dog": 1}
     found._remove(ids[0])  # its capture pruned: the next export no longer has it
-    assert data_feedback.export(found, out) == {"cat": 1, "dog": 1}
+    assert data_feedback.export(found, out, 1.0).labels == {"cat": 1, "dog": 1}
     images = sorted(p.relative_to(out).as_posix() for p in out.glob("*/*.jpg"))
     assert images == sorted([f"dog/{ids[1]}.jpg", f"cat/{ids[2]}.jpg"])
     assert data_feedback.conflicts(out) == {}  # the list matches its images
@@ -252,9 +266,9 @@ def test_an_interrupted_export_leaves_the_previous_snapshot(
 ) -> None:
     found, ids = _labelled(tmp_path, 3)
     out = tmp_path / "labels"
-    data_feedback.export(found, out)
+    data_feedback.export(found, out, 1.0)
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    feedback.give(found, ids[0], "dog")
+    feedback.give(found, ids[0], "dog", "alice")
 
     read = found.image
 
@@ -265,7 +279,7 @@ def test_an_interrupted_export_leaves_the_previous_snapshot(
 
     monkeypatch.setattr(found, "image", dies)
     with pytest.raises(KeyboardInterrupt):
-        data_feedback.export(found, out)
+        data_feedback.export(found, out, 1.0)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert data_feedback.conflicts(out) == {}
 
@@ -276,7 +290,7 @@ def test_export_never_replaces_a_folder_that_is_not_an_export(tmp_path: Path) ->
     (source / "cat").mkdir(parents=True)
     (source / "cat" / "1.jpg").write_bytes(b"a user's photo")
     with pytest.raises(ConfigError, match="not a feedback export"):
-        data_feedback.export(found, source)
+        data_feedback.export(found, source, 1.0)
     assert (source / "cat" / "1.jpg").read_bytes() == b"a user's photo"
 
 
@@ -307,7 +321,7 @@ def test_prepare_refuses_an_export_whose_list_does_not_match(
 ) -> None:
     found, _ = _labelled(tmp_path, 3)
     out = tmp_path / "labels"
-    data_feedback.export(found, out)
+    data_feedback.export(found, out, 1.0)
     message = damage(out)
     settings = Settings(image_size=32, val_fraction=0.2, test_fraction=0.2)
     with pytest.raises(ConfigError, match=message) as refused:
@@ -352,3 +366,137 @@ def test_users_labels_join_the_training_split_only(class_folders: Path, tmp_path
     for split in ("val", "test"):  # the source's held-out photos, untouched
         assert second.splits[split] == first.splits[split]
     assert second.splits["train"]["total"] == first.splits["train"]["total"] + 40
+
+
+def test_a_label_needs_a_labellers_key_even_with_token_auth_off(
+    store: Store, post: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TS_DISABLE_TOKEN_AUTHORIZATION", "true")  # the Kubernetes overlays
+    first = store.captures()[0].id
+    assert post({"id": first, "label": "dog"}, key=None)[0] == 401
+    assert post({"id": first, "label": "dog"}, key=INFERENCE_KEY)[0] == 401
+    assert store.feedback(first) is None
+    assert post({"id": first, "label": "dog"})[0] == 200
+    assert store.feedback(first).giver == "alice"  # who gave it, recorded with it
+
+
+def test_each_giver_has_a_rate_bound_of_its_own(store: Store, post: Any) -> None:
+    bob = labellers.add("bob")
+    first = store.captures()[0].id
+    codes = [post({"id": first, "label": "cat"})[0] for _ in range(25)]
+    assert codes[:20] == [200] * 20 and set(codes[20:]) == {429}
+    assert post({"id": first, "label": "dog"}, key=bob)[0] == 200
+    assert store.feedback(first).votes == {"alice": "cat", "bob": "dog"}
+
+
+def test_labeller_keys_are_kept_hashed_and_can_be_revoked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CATSDOGS_HOME", str(tmp_path))
+    key = labellers.add("carol")
+    assert labellers.giver({"Authorization": f"Bearer {key}"}) == "carol"
+    assert key not in labellers.path().read_text()
+    assert labellers.path().stat().st_mode & 0o777 == 0o600
+    renewed = labellers.add("carol")  # a new key replaces the old one
+    assert labellers.giver({"Authorization": f"Bearer {key}"}) is None
+    assert (
+        labellers.remove("carol")
+        and labellers.giver({"Authorization": f"Bearer {renewed}"}) is None
+    )
+    with pytest.raises(ConfigError, match="labeller name"):
+        labellers.add("a,b")
+
+
+@pytest.mark.parametrize(
+    ("given", "share", "most"),
+    [
+        ({"a": 5}, 1.0, 5),  # one labeller, allowed all of the export
+        ({"a": 5}, 0.1, 0),  # one labeller can never be 10 % or less of an export
+        ({"flood": 1000, "a": 10, "b": 10, "c": 10}, 0.1, 0),  # 4 givers: each is >= 25 %
+        ({"flood": 1000, **{f"g{k}": 10 for k in range(10)}}, 0.1, 11),  # 11 <= 0.1 * 111
+        ({f"g{k}": 4 for k in range(20)}, 0.1, 4),  # many small givers: all of it
+    ],
+)
+def test_the_cap_holds_each_giver_to_its_share(given: dict, share: float, most: int) -> None:
+    assert data_feedback.cap(given, share) == most
+    kept = {g: min(n, most) for g, n in given.items()}
+    assert all(n <= share * sum(kept.values()) + 1e-9 for n in kept.values())
+
+
+def test_givers_who_disagree_send_the_photo_to_review(tmp_path: Path) -> None:
+    found = Store(tmp_path / "captures", Limits(fraction=1.0))
+    answer = Capture(uuid.uuid4().hex, "1", "cat", {"cat": 0.6, "dog": 0.4}, time.time())
+    found.keep(answer, image_bytes(5, (40, 40)))
+    feedback.give(found, answer.id, "cat", "ann")
+    feedback.give(found, answer.id, "dog", "bob")  # the later label stands, but not alone
+    out = tmp_path / "labels"
+    data_feedback.export(found, out, 1.0)
+    assert data_feedback.conflicts(out) == {
+        f"dog/{answer.id}.jpg": "givers disagree (ann: cat, bob: dog): look at the photo; to "
+        "trust a label, move it to a folder without feedback.csv"
+    }
+
+
+def test_a_flood_from_one_giver_stays_within_its_share(
+    class_folders: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, report: Any
+) -> None:
+    """One key holder posts 1,000 labels against the model's answers; ten others label 10 each.
+    The giver's rate bounds what is recorded, the share cap what is exported, and the gate's test
+    split is the source's, untouched."""
+    monkeypatch.setenv("CATSDOGS_HOME", str(tmp_path / "state"))
+    found = Store(places.captures(), Limits(fraction=1.0))
+    found.next_prune = float("inf")
+    answers = []
+    for k in range(1100):
+        answer = Capture(uuid.uuid4().hex, "1", "cat", {"cat": 0.95, "dog": 0.05}, time.time())
+        found.keep(answer, image_bytes(2000 + k, (64, 48)))
+        answers.append(answer.id)
+    port = free_ports(1)[0]
+    monkeypatch.setenv("TS_MONITOR_ADDRESS", f"http://127.0.0.1:{port}")
+    outcomes = feedback.Outcomes()
+    server = prometheus.expose("monitor", lambda: "", {"/feedback": feedback.route(None, outcomes)})
+    try:
+        flood = labellers.add("flood")
+        start = time.monotonic()
+        codes = [feedback.send(a, "dog", flood, tries=1)[0] for a in answers[:1000]]
+        elapsed = time.monotonic() - start
+        for k, name in enumerate(f"giver{k}" for k in range(10)):
+            key = labellers.add(name)
+            for a in answers[1000 + 10 * k : 1010 + 10 * k]:
+                assert feedback.send(a, "cat", key)[0] == 200
+    finally:
+        server.shutdown()
+    accepted = codes.count(200)
+    assert feedback.BURST <= accepted <= feedback.BURST + feedback.RATE_PER_S * elapsed + 1
+    assert f'catsdogs_feedback_total{{outcome="rate_limited"}} {1000 - accepted}' in outcomes.text()
+    summary = data_feedback.export(found, tmp_path / "labels")
+    others = {f"giver{k}": 10 for k in range(10)}
+    assert summary.given == {"flood": accepted, **others}
+    assert summary.exported == {"flood": 11, **others}  # 11 of 111: under 10 %
+    settings = Settings(image_size=32, val_fraction=0.2, test_fraction=0.2)
+    first = prepare(class_folders, tmp_path / "v1", settings, workers=1, progress=False)
+    second = prepare(
+        class_folders,
+        tmp_path / "v2",
+        settings,
+        workers=1,
+        progress=False,
+        added=[tmp_path / "labels"],
+    )
+    assert second.splits["test"] == first.splits["test"]  # what the gate decides on
+    flagged = [
+        r
+        for r in read_manifest(tmp_path / "v2" / "manifest.csv")
+        if r.reason == "feedback_conflict"
+    ]
+    assert len(flagged) == 11  # the flood's labels contradict answers given with 0.95
+    report(
+        "feedback flood",
+        {
+            "posted": 1000,
+            "accepted": accepted,
+            "exported": summary.exported["flood"],
+            "export": sum(summary.exported.values()),
+            "test split unchanged": True,
+        },
+    )

@@ -33,7 +33,7 @@ def test_users_labels_reach_the_next_version(
     assert "answers of /feedback: {200: 80}" in out
     assert 'catsdogs_labelled_answers{model_version="1"} 80' in out
     accuracy = float(re.search(r'catsdogs_labelled_accuracy\{model_version="1"\} ([\d.]+)', out)[1])
-    exported = re.search(r"exported: \{'cat': (\d+), 'dog': (\d+)\}", out)
+    exported = re.search(r"exported: cat=(\d+), dog=(\d+) \(demo-user: 80 of 80 exported\)", out)
     assert exported and int(exported[1]) + int(exported[2]) == 80
     decided = re.search(r"gate (passed|refused) v2: accuracy ([\d.]+) .* v1's ([\d.]+)", out)
     assert decided, out[-3000:]

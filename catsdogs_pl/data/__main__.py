@@ -41,6 +41,13 @@ def _parser() -> argparse.ArgumentParser:
 
     exp = sub.add_parser("feedback-export", help="users' labelled captures as class folders")
     exp.add_argument("--out", type=Path, required=True, help="folder for <class>/<id>.jpg")
+    exp.add_argument(
+        "--max-giver-share",
+        type=float,
+        default=feedback.MAX_SHARE,
+        help=f"of the export, at most this from one labeller (default {feedback.MAX_SHARE}; "
+        "1: a single labeller's all)",
+    )
 
     syn = sub.add_parser("synthetic", help="draw cat-like and dog-like pictures for demos/tests")
     syn.add_argument("--out", type=Path, default=Path("data/synthetic"))
@@ -59,9 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         summary = prepare(args.source, args.out, settings, workers=args.workers, added=args.add)
         print(report(summary, args.out))
     elif args.command == "feedback-export":
-        counts = feedback.export(Store.reader(places.captures()), args.out)
-        found = ", ".join(f"{label}={n}" for label, n in sorted(counts.items())) or "none"
-        print(f"labelled captures in {args.out}: {found}")
+        store = Store.reader(places.captures())
+        print(
+            f"labelled captures in {args.out}: {feedback.export(store, args.out, args.max_giver_share)}"
+        )
         print(f"next: python -m catsdogs_pl.data prepare --source SOURCE --add {args.out}")
     else:
         root = synthetic.generate(args.out, per_class=args.per_class, seed=args.seed)

@@ -2,13 +2,17 @@
 `prepare` puts on the ones whose label contradicts a confident answer.
 
 `export` writes a snapshot, `DIR/<class>/<id>.jpg` (the image bytes as the server received them) and
-`DIR/feedback.csv` (file, label, answered, confidence, version, sha256): built in a folder beside
+`DIR/feedback.csv` (file, label, answered, confidence, version, sha256, giver, votes): built in a
+folder beside
 DIR and moved into its place whole, so an interrupted export leaves the previous snapshot (or no
 DIR), never images without their list, and a photo whose capture is gone since leaves with it.
 `prepare --add DIR` takes the folder beside the original source and refuses it when the list is
 unreadable or does not match the images (`conflicts`; a listed photo a reviewer moved out is not a
-mismatch): a label read from a broken list would be trusted. A photo labelled against an answer
-given with at least CONFIDENT probability is rejected there with the reason `feedback_conflict`:
+mismatch): a label read from a broken list would be trusted. No giver makes more than `max_share`
+of an export (MAX_SHARE; the earliest labels of a giver over it are the ones exported): one key
+holder cannot outvote the rest. A photo labelled against an answer given with at least CONFIDENT
+probability, or labelled differently by two givers, is rejected there with the reason
+`feedback_conflict`:
 someone looks at it, and moves it to a folder without feedback.csv (the source, or a reviewed folder
 added beside it) to trust it. A wrong label is cheap to give and expensive to learn.
 """
@@ -19,19 +23,49 @@ import csv
 import hashlib
 import io
 import shutil
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
-from catsdogs_pl.capture import Store
+from catsdogs_pl.capture import Feedback, Store
 from catsdogs_pl.errors import ConfigError
 
 LIST = "feedback.csv"
-COLUMNS = ("file", "label", "answered", "confidence", "version", "sha256")
+COLUMNS = ("file", "label", "answered", "confidence", "version", "sha256", "giver", "votes")
 CONFIDENT = 0.9  # an answer this sure, contradicted by a user's label, is checked, not trusted
+MAX_SHARE = 0.10  # of an export, at most this share from any one giver
 
 
-def export(store: Store, out: Path) -> dict[str, int]:
-    """Write every labelled capture of `store` as a new snapshot in `out` (replacing an earlier
-    export there, never another folder); the count per label."""
+@dataclass(frozen=True)
+class Summary:
+    """What an export holds: photos per label, and per giver the labels given and exported."""
+
+    labels: dict[str, int]
+    given: dict[str, int]
+    exported: dict[str, int]
+
+    def __str__(self) -> str:
+        found = ", ".join(f"{k}={n}" for k, n in sorted(self.labels.items())) or "none"
+        givers = "; ".join(
+            f"{g}: {self.exported.get(g, 0)} of {n} exported" for g, n in sorted(self.given.items())
+        )
+        return f"{found} ({givers or 'no givers'})"
+
+
+def cap(given: dict[str, int], max_share: float) -> int:
+    """The most labels any one giver may have in an export, so that no giver makes more than
+    `max_share` of it: the largest c with c <= max_share * sum(min(n, c)) over the givers."""
+    for c in range(max(given.values(), default=0), 0, -1):
+        if c <= max_share * sum(min(n, c) for n in given.values()) + 1e-9:
+            return c
+    return 0
+
+
+def export(store: Store, out: Path, max_share: float = MAX_SHARE) -> Summary:
+    """Write the labelled captures of `store` as a new snapshot in `out` (replacing an earlier
+    export there, never another folder), each giver held to `max_share` of it."""
+    if not 0 < max_share <= 1:
+        raise ConfigError(f"max share {max_share}: use a number above 0, at most 1")
     if out.exists() and not (out / LIST).exists() and any(out.iterdir()):
         raise ConfigError(
             f"{out} holds files but no {LIST}: it is not a feedback export, and exporting would "
@@ -40,18 +74,26 @@ def export(store: Store, out: Path) -> dict[str, int]:
     partial, old = out.with_name(f".{out.name}.partial"), out.with_name(f".{out.name}.old")
     shutil.rmtree(partial, ignore_errors=True)  # what an interrupted export left
     partial.mkdir(parents=True)
+    labelled = sorted(store.labelled(), key=lambda pair: pair[1].time)  # a giver's earliest first
+    given = Counter(_giver(feedback) for _, feedback in labelled)
+    most, taken = cap(given, max_share), Counter()
     rows = []
-    for answer, given in store.labelled():
+    for answer, feedback in labelled:
+        if taken[_giver(feedback)] >= most:
+            continue
         try:
             data = store.image(answer.id)
         except OSError:  # pruned since it was listed
             continue
-        name = f"{given.label}/{answer.id}.jpg"
-        (partial / given.label).mkdir(exist_ok=True)
+        taken[_giver(feedback)] += 1
+        name = f"{feedback.label}/{answer.id}.jpg"
+        (partial / feedback.label).mkdir(exist_ok=True)
         (partial / name).write_bytes(data)
         confidence = answer.probabilities.get(answer.label, 0.0)
         digest = hashlib.sha256(data).hexdigest()
-        rows.append((name, given.label, answer.label, f"{confidence:.6f}", answer.version, digest))
+        votes = ";".join(f"{g}={label}" for g, label in sorted(feedback.votes.items()))
+        row = (feedback.label, answer.label, f"{confidence:.6f}", answer.version, digest)
+        rows.append((name, *row, _giver(feedback), votes or "-"))
     text = io.StringIO()
     writer = csv.writer(text)
     writer.writerow(COLUMNS)
@@ -62,10 +104,11 @@ def export(store: Store, out: Path) -> dict[str, int]:
         out.rename(old)
     partial.rename(out)
     shutil.rmtree(old, ignore_errors=True)
-    counts: dict[str, int] = {}
-    for _, label, *_ in rows:
-        counts[label] = counts.get(label, 0) + 1
-    return counts
+    return Summary(dict(Counter(row[1] for row in rows)), dict(given), dict(taken))
+
+
+def _giver(feedback: Feedback) -> str:
+    return feedback.giver or "unknown"  # a label given before labels named their giver
 
 
 def _listed(folder: Path) -> list[dict[str, str]]:
@@ -112,7 +155,13 @@ def conflicts(folder: Path) -> dict[str, str]:
     found = {}
     for row in _listed(folder):
         confidence = float(row["confidence"])
-        if row["label"] != row["answered"] and confidence >= CONFIDENT:
+        votes = dict(vote.split("=", 1) for vote in row["votes"].split(";") if "=" in vote)
+        if len(set(votes.values())) > 1:
+            found[row["file"]] = (
+                f"givers disagree ({', '.join(f'{g}: {v}' for g, v in sorted(votes.items()))}): "
+                "look at the photo; to trust a label, move it to a folder without feedback.csv"
+            )
+        elif row["label"] != row["answered"] and confidence >= CONFIDENT:
             found[row["file"]] = (
                 f"labelled {row['label']}, but v{row['version']} answered {row['answered']} "
                 f"with {confidence:.2f}: look at the photo; to trust the label, move it to a "

@@ -3,15 +3,16 @@
 Only captured answers can be labelled: the capture store keeps the photo a label is about, and the
 label becomes training data (`python -m catsdogs_pl.data feedback-export`). The classes a label may
 name are the ones the answer's version was trained on (its probabilities' keys). One function,
-`give`, decides for `POST /feedback` on the monitor's port and for `python -m catsdogs_pl.feedback
-add FILE.csv` alike.
+`give`, decides for `POST /feedback` on the monitor's port (with a labeller's key: labellers.py)
+and for `python -m catsdogs_pl.feedback add FILE.csv --giver NAME` alike; every label names its
+giver, and each giver has a rate bound of its own.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import hmac
+import getpass
 import json
 import threading
 import time
@@ -21,24 +22,37 @@ from typing import Any
 
 from catsdogs_pl import capture, errors, places
 from catsdogs_pl.capture import Feedback, Gone, LabelStoreFull, Store
+from catsdogs_pl.monitoring import labellers
 from catsdogs_pl.serving import torchserve as ts
 
-RATE_PER_S = 50.0  # POST /feedback accepted per second, after a burst of BURST: a flood gets 429
+RATE_PER_S = 10.0  # POST /feedback accepted per second and giver, after a burst of BURST: then 429
 BURST = 200
+OUTCOMES = (  # catsdogs_feedback_total{outcome}: what became of each POST /feedback
+    "recorded",
+    "unauthorized",
+    "rate_limited",
+    "malformed",
+    "not_captured",
+    "bad_label",
+    "label_store_full",
+)
 
 
 class Refused(Exception):
-    """Feedback that is not recorded: `status` is its HTTP code, the message says why."""
+    """Feedback that is not recorded: `status` is its HTTP code, `outcome` one of OUTCOMES, the
+    message says why."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, outcome: str, message: str) -> None:
         super().__init__(message)
-        self.status = status
+        self.status, self.outcome = status, outcome
 
 
-def give(store: Store, answer_id: str, label: str) -> dict[str, Any]:
-    """Record `label` for the captured answer `answer_id`; the later label of an id stands."""
+def give(store: Store, answer_id: str, label: str, giver: str) -> dict[str, Any]:
+    """Record `giver`'s `label` for the captured answer `answer_id`; the later label of an id
+    stands."""
     gone = Refused(
         404,
+        "not_captured",
         f"no captured answer {answer_id[:64]!r}: only captured answers can be labelled "
         "(config.properties capture_fraction), and the oldest are removed "
         "(capture_max_age_days, capture_max_mb)",
@@ -48,18 +62,20 @@ def give(store: Store, answer_id: str, label: str) -> dict[str, Any]:
         raise gone
     classes = sorted(found.probabilities)
     if label not in classes:
-        raise Refused(400, f"label {label[:64]!r}: use one of {', '.join(classes)}")
+        raise Refused(400, "bad_label", f"label {label[:64]!r}: use one of {', '.join(classes)}")
     try:
-        before = store.set_feedback(answer_id, Feedback(label))
+        before = store.set_feedback(answer_id, Feedback(label, giver=giver))
     except Gone:
         raise gone from None
     except LabelStoreFull as exc:
-        raise Refused(507, f"label store full, label not recorded: {exc}") from exc
+        message = f"label store full, label not recorded: {exc}"
+        raise Refused(507, "label_store_full", message) from exc
     return {
         "id": answer_id,
         "label": label,
         "answered": found.label,
         "replaced": before.label if before else None,  # the same id again: this label stands
+        "giver": giver,
     }
 
 
@@ -116,6 +132,50 @@ def report(tallies: dict[str, Tally]) -> str:
     )
 
 
+STORE = {  # the monitor's gauges of the capture store's fill
+    "catsdogs_label_store_bytes": "Bytes of labelled photos (capture_label_max_mb bounds them)",
+    "catsdogs_label_store_max_bytes": "Labelled photos' bound: past it, new labels get 507",
+    "catsdogs_captures": "Captures kept, labelled or not",
+}
+
+
+def store_gauges(store: Store) -> str:
+    """Prometheus text of STORE: labelled photos against their bound, and the captures kept."""
+    entries = store.index()
+    labelled = [e for e in entries if e.labelled]
+    samples = {  # what follows each name on its sample lines
+        "catsdogs_label_store_bytes": [f" {sum(e.size for e in labelled)}"],
+        "catsdogs_label_store_max_bytes": [f" {store.limits.max_label_bytes}"],
+        "catsdogs_captures": [
+            f'{{labelled="true"}} {len(labelled)}',
+            f'{{labelled="false"}} {len(entries) - len(labelled)}',
+        ],
+    }
+    lines = []
+    for name, help_text in STORE.items():
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+        lines += [name + sample for sample in samples[name]]
+    return "\n".join(lines) + "\n"
+
+
+class Outcomes:
+    """Counts of what became of each POST /feedback, by outcome (OUTCOMES)."""
+
+    def __init__(self) -> None:
+        self.counts = dict.fromkeys(OUTCOMES, 0)
+        self.lock = threading.Lock()
+
+    def add(self, outcome: str) -> None:
+        with self.lock:
+            self.counts[outcome] += 1
+
+    def text(self) -> str:
+        name = "catsdogs_feedback_total"
+        lines = [f"# HELP {name} POST /feedback by outcome", f"# TYPE {name} counter"]
+        lines += [f'{name}{{outcome="{k}"}} {n}' for k, n in self.counts.items()]
+        return "\n".join(lines) + "\n"
+
+
 class Bucket:
     """A token bucket: `take()` is False once more than BURST came faster than RATE_PER_S."""
 
@@ -135,53 +195,69 @@ class Bucket:
             return True
 
 
-def authorized(headers: Mapping[str, str]) -> bool:
-    """The inference key of the state folder (the one clients predict with), as TorchServe checks
-    it; anything goes where token authorization is off."""
-    if not ts.token_auth():
-        return True
-    key = ts.read_key("inference")
-    given = (headers.get("Authorization") or "").removeprefix("Bearer ").strip()
-    return bool(key) and hmac.compare_digest(given.encode(), key.encode())
-
-
-def route(store: Store | None = None, bucket: Bucket | None = None) -> Any:
-    """The `POST /feedback` route for prometheus.expose: `{"id": ..., "label": ...}` in, the
-    recorded feedback or an error naming what was wrong out."""
-    bucket = bucket or Bucket()
+def route(
+    store: Store | None = None,
+    outcomes: Outcomes | None = None,
+    rate: float = RATE_PER_S,
+    burst: float = BURST,
+) -> Any:
+    """The `POST /feedback` route for prometheus.expose: a labeller's key and `{"id": ...,
+    "label": ...}` in, the recorded feedback or an error naming what was wrong out; each outcome
+    counted in `outcomes`, each giver held to `rate` per second after `burst`."""
+    outcomes = outcomes or Outcomes()
+    buckets: dict[str, Bucket] = {}
+    lock = threading.Lock()
 
     def post(read: Callable[[], bytes], headers: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
-        if not authorized(headers):  # before the body is read
-            return 401, {"error": "send the inference key: Authorization: Bearer <key>"}
+        try:
+            status, answer = decide(read, headers)
+        except Refused as exc:
+            status, answer = exc.status, {"error": str(exc)}
+            outcomes.add(exc.outcome)
+        else:
+            outcomes.add("recorded")
+        return status, answer
+
+    def decide(read: Callable[[], bytes], headers: Mapping[str, str]) -> tuple[int, dict]:
+        giver = labellers.giver(headers)  # before the body is read
+        if giver is None:
+            raise Refused(
+                401,
+                "unauthorized",
+                "send a labeller's key (Authorization: Bearer <key>; the inference key is not "
+                "one): python -m catsdogs_pl.feedback labeller add NAME prints one",
+            )
+        with lock:
+            bucket = buckets.setdefault(giver, Bucket(rate, burst))
         if not bucket.take():
-            return 429, {"error": f"over {RATE_PER_S:g} feedback requests per second"}
+            message = f"{giver}: over {rate:g} labels per second"
+            raise Refused(429, "rate_limited", message)
         try:
             sent = json.loads(read())
         except ValueError:
             sent = None
         if not (isinstance(sent, dict) and isinstance(sent.get("id"), str)):
-            return 400, {"error": 'send a JSON object {"id": "<answer id>", "label": "cat"}'}
+            message = 'send a JSON object {"id": "<answer id>", "label": "cat"}'
+            raise Refused(400, "malformed", message)
         if not isinstance(sent.get("label"), str):
-            return 400, {"error": 'the "label" must be a class name, e.g. "cat"'}
-        try:
-            return 200, give(store or default_store(), sent["id"], sent["label"])
-        except Refused as exc:
-            return exc.status, {"error": str(exc)}
+            raise Refused(400, "malformed", 'the "label" must be a class name, e.g. "cat"')
+        return 200, give(store or default_store(), sent["id"], sent["label"], giver)
 
     return post
 
 
-def send(answer_id: str, label: str, tries: int = 100) -> tuple[int, dict[str, Any]]:
-    """POST one label to the monitor's /feedback with the state folder's inference key:
-    (HTTP status, answer). A 429 (over RATE_PER_S) is sent again a moment later, `tries` times
-    at most, as a client of a rate-limited API should."""
+def send(answer_id: str, label: str, key: str, tries: int = 100) -> tuple[int, dict[str, Any]]:
+    """POST one label to the monitor's /feedback with a labeller's `key`: (HTTP status, answer).
+    A 429 (over the giver's rate) is sent again a moment later, `tries` times at most, as a
+    client of a rate-limited API should."""
     body = json.dumps({"id": answer_id, "label": label}).encode()
-    headers = {"Content-Type": "application/json"}
-    for _ in range(tries):
-        response = ts.call("monitor", "POST", "/feedback", body, headers, timeout=10)
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+    for attempt in range(tries):
+        if attempt:
+            time.sleep(1 / RATE_PER_S)
+        response = ts.call("monitor", "POST", "/feedback", body, headers, timeout=10, token=False)
         if response.status != 429:
             break
-        time.sleep(2 / RATE_PER_S)
     return response.status, response.json()
 
 
@@ -190,9 +266,9 @@ def default_store() -> Store:
     return Store(places.captures(), capture.limits(places.capture_properties()))
 
 
-def add_csv(store: Store, path: str) -> tuple[int, list[str]]:
-    """Give the labels of a CSV file of `id,label` rows (a header row is allowed): how many were
-    recorded, and a line per refused row saying why."""
+def add_csv(store: Store, path: str, giver: str) -> tuple[int, list[str]]:
+    """Give `giver`'s labels of a CSV file of `id,label` rows (a header row is allowed): how many
+    were recorded, and a line per refused row saying why."""
     recorded, refused = 0, []
     try:
         with open(path, newline="") as handle:
@@ -209,7 +285,7 @@ def add_csv(store: Store, path: str) -> tuple[int, list[str]]:
             refused.append(f"line {number}: {len(cells)} cells, expected id,label")
             continue
         try:
-            give(store, *cells)
+            give(store, *cells, giver)
             recorded += 1
         except Refused as exc:
             refused.append(f"line {number}: {exc}")
@@ -223,9 +299,41 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     add = commands.add_parser("add", help="labels from a CSV file of id,label rows")
     add.add_argument("csv", help="FILE.csv: one id,label row per answer (a header row is allowed)")
+    add.add_argument("--giver", default=getpass.getuser(), help="who gave them (default: you)")
+    who = commands.add_parser("labeller", help="the keys that may POST /feedback")
+    who.add_argument("action", choices=("add", "remove", "list"))
+    who.add_argument("name", nargs="?", help="the labeller (add, remove)")
+    commands.add_parser("prune", help="remove the captures past their bounds now")
     args = parser.parse_args(argv)
-    recorded, refused = add_csv(default_store(), args.csv)
+    store = default_store()
+    if args.command == "prune":
+        removed = store.prune()
+        entries = store.index()
+        labelled = sum(e.labelled for e in entries)
+        print(
+            f"{removed} captures removed; {len(entries)} kept ({labelled} labelled) in {store.folder}"
+        )
+        return 0
+    if args.command == "labeller":
+        return _labeller(args.action, args.name)
+    recorded, refused = add_csv(store, args.csv, args.giver)
     for line in refused:
         print(f"refused {line}")
     print(f"{recorded} labels recorded, {len(refused)} refused, in {places.captures()}")
     return 1 if refused else 0
+
+
+def _labeller(action: str, name: str | None) -> int:
+    if action == "list":
+        print("\n".join(labellers.names()) or f"no labellers in {labellers.path()}")
+        return 0
+    if not name:
+        raise errors.ConfigError(f"labeller {action} needs a NAME")
+    if action == "add":
+        key = labellers.add(name)
+        print(f"{name}'s key (shown once; send it as Authorization: Bearer <key>):\n{key}")
+        return 0
+    if not labellers.remove(name):
+        raise errors.ConfigError(f"no labeller {name!r} in {labellers.path()}")
+    print(f"{name}'s key no longer labels")
+    return 0

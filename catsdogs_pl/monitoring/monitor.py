@@ -259,9 +259,21 @@ def main(argv: list[str] | None = None) -> int:
         raise errors.ConfigError("--prometheus needs a --window in seconds, e.g. 3600")
     monitor = Monitor(args.prometheus, args.window)
     store = feedback.default_store()
+    outcomes = feedback.Outcomes()
 
     def labelled() -> dict[str, feedback.Tally]:  # labelled in the window (0: all kept)
         return feedback.tally(store, time.time() - args.window if args.window else 0.0)
+
+    def labels_round() -> str:
+        """Once per interval, not per scrape: the bounds applied (retention holds without
+        traffic), the report printed, the gauges of labels and store fill made."""
+        try:
+            pruned = f"{store.prune()} captures past their bounds removed"
+        except OSError as exc:  # e.g. a read-only capture folder: say so, keep monitoring
+            pruned = f"cannot prune {store.folder} ({exc}): python -m catsdogs_pl.feedback prune"
+        tallies = labelled()
+        print(f"{feedback.report(tallies)}; {pruned}", flush=True)
+        return feedback.gauges(tallies) + feedback.store_gauges(store)
 
     if not args.serve:
         comparisons = monitor.compare_window()
@@ -271,20 +283,21 @@ def main(argv: list[str] | None = None) -> int:
         print(drift.report(comparisons, _window_text(args)))
         print(feedback.report(labelled()))
         return 0
+    labels = labels_round()
     prometheus.expose(
         "monitor",
-        lambda: monitor.latest + feedback.gauges(labelled()),
-        {"/feedback": feedback.route(store)},
+        lambda: monitor.latest + labels + outcomes.text(),
+        {"/feedback": feedback.route(store, outcomes)},
     )
     print(f"monitor: gauges at {places.address('monitor')}/metrics, POST /feedback", flush=True)
     stop = threading.Event()
     while not stop.is_set():
         try:
             print(drift.report(monitor.compare_window(), _window_text(args)), flush=True)
-            print(feedback.report(labelled()), flush=True)
         except errors.UnreachableError as exc:
             print(f"monitor: {exc}", file=sys.stderr, flush=True)
         stop.wait(args.interval)
+        labels = labels_round()
     return 0
 
 

@@ -121,13 +121,13 @@ def call(
     token: bool = True,
     base: str | None = None,
 ) -> Response:
-    """One request to the 'inference', 'management' or 'metrics' API, or the 'monitor' (its
-    /feedback takes the inference key), at `base` if given, else where config.properties says;
+    """One request to the 'inference', 'management' or 'metrics' API, or the 'monitor' (no key
+    of ours: its /feedback takes a labeller's), at `base` if given, else where config.properties says;
     never raises on HTTP codes. The key of the state folder goes only to the server of this state
     folder, and a refused one is renewed and the call sent once more."""
     own = places.address(kind)
-    token = token and kind != "metrics" and base in (None, own)
-    key_kind = "inference" if kind in ("inference", "monitor") else "management"
+    token = token and kind not in ("metrics", "monitor") and base in (None, own)
+    key_kind = "inference" if kind == "inference" else "management"
 
     def send(key: str | None) -> Response:
         auth = {"Authorization": f"Bearer {key}"} if key else {}

@@ -26,6 +26,8 @@ ALERTS = {  # every alert of configs/prometheus/alerts.yml, as the file and a ru
     "CatsDogsInputDrift",
     "CatsDogsConfidenceDrop",
     "CatsDogsLabelledAccuracyDrop",
+    "CatsDogsLabelStoreFilling",
+    "CatsDogsCaptureFailing",
     "CatsDogsMonitorDown",
 }
 
