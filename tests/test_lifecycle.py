@@ -101,6 +101,34 @@ def test_deployment_history_survives_a_crash_mid_write(tmp_path: Path, monkeypat
     assert places.deployment_history() == ["catsdogs_v1-a.mar"]
 
 
+def test_a_full_disk_leaves_the_default_as_it_was(tmp_path: Path, monkeypatch) -> None:
+    """deploy records the new default before TorchServe serves it: a refused record changes
+    nothing rollback cannot see, and a refused set-default leaves the record as it was."""
+    monkeypatch.setenv("CATSDOGS_HOME", str(tmp_path))
+    places.save_deployment_history(["catsdogs_v1-a.mar"])
+    served: list[str] = []
+    monkeypatch.setattr(deploy, "_set_default", served.append)
+    real = places.save_deployment_history
+
+    def full(history: list[str]) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(places, "save_deployment_history", full)
+    mar, settings = Path("catsdogs_v2-b.mar"), MlflowSettings()
+    with pytest.raises(OSError, match="No space"):
+        deploy._make_default("2", mar, "catsdogs_v1-a.mar", False, settings)
+    assert served == [] and places.deployment_history() == ["catsdogs_v1-a.mar"]
+    monkeypatch.setattr(places, "save_deployment_history", real)
+
+    def refused(version: str) -> None:
+        raise ts.TorchServeError("set-default v2: 500")
+
+    monkeypatch.setattr(deploy, "_set_default", refused)
+    with pytest.raises(ts.TorchServeError):
+        deploy._make_default("2", mar, "catsdogs_v1-a.mar", False, settings)
+    assert places.deployment_history() == ["catsdogs_v1-a.mar"]
+
+
 def test_unreadable_history_is_named_and_serve_run_starts_anyway(
     tmp_path: Path, monkeypatch, capsys
 ) -> None:

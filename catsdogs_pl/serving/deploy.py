@@ -138,17 +138,24 @@ def _make_default(
     mlflow: MlflowSettings,
     keep: int = KEEP,
 ) -> str:
-    """set-default, the history rollback walks back through (`previous`: the archive that was the
-    default), the retired versions and the registry tags, under the state folder's lock (two
-    deploys at once keep both entries); says what changed."""
+    """The history rollback walks back through (`previous`: the archive that was the default),
+    then set-default, the retired versions and the registry tags, under the state folder's lock
+    (two deploys at once keep both entries); says what changed. Recorded first: a disk that
+    refuses the record leaves the server's default as it was, never one rollback cannot see."""
     with places.locked("deployments"):
-        _set_default(version)
-        history = places.deployment_history()
+        before = places.deployment_history()
+        history = list(before)
         if not history or history[-1] != mar.name:  # one deploy over many pods is one entry
             if previous and (not history or history[-1] != previous):
                 history.append(previous)  # the server had a default this file did not know about
             history.append(mar.name)
             places.save_deployment_history(history)
+        try:
+            _set_default(version)
+        except BaseException:
+            if history != before:
+                places.save_deployment_history(before)  # the record as the server still is
+            raise
         retired = _retire(history, keep)
     was = places.archive_version(previous) if previous else None
     tags = _tag_default(mlflow, version, was)
