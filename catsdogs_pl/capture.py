@@ -2,7 +2,7 @@
 
 The handler keeps a `fraction` of its answers in `<state folder>/captures/`: `<id>.img` (the image
 bytes as received) and `<id>.json` (a Capture: id, version, label, probabilities, time). Feedback
-adds `<id>.label.json`. The `.json` of a capture is written last, so a capture exists once it is
+adds `<id>.label.json`, a reviewer's decision `<id>.review.json`. The `.json` of a capture is written last, so a capture exists once it is
 complete; every file goes through a temporary file and a rename, readable by its owner only (0600).
 Unlabelled captures are bounded by `max_bytes`, the oldest removed first; labelled ones are records
 of their own, never evicted for room: they have their own bound, `max_label_bytes`, past which a
@@ -95,6 +95,16 @@ class Feedback:
     time: float = field(default_factory=time.time)
     giver: str = ""
     votes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Review:
+    """A reviewer's decision on a labelled capture, applied by every later export: the label it
+    trains with (None: dropped), who decided, and when."""
+
+    label: str | None
+    reviewer: str
+    time: float = field(default_factory=time.time)
 
 
 def valid_id(text: str) -> bool:
@@ -268,6 +278,22 @@ class Store:
     def _label_path(self, capture_id: str) -> Path:
         return self._paths(capture_id)[0].with_suffix(".label.json")
 
+    def _review_path(self, capture_id: str) -> Path:
+        return self._paths(capture_id)[0].with_suffix(".review.json")
+
+    def review(self, capture_id: str) -> Review | None:
+        try:
+            return Review(**json.loads(self._review_path(capture_id).read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def set_review(self, capture_id: str, review: Review) -> None:
+        """Record a reviewer's decision (the later one stands); Gone when the capture was removed."""
+        with self._locked():
+            if not self._paths(capture_id)[1].exists():
+                raise Gone(capture_id)
+            _write(self._review_path(capture_id), json.dumps(asdict(review)).encode())
+
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """Labelling and removing exclude each other across processes (an flock)."""
@@ -318,6 +344,7 @@ class Store:
         record.unlink(missing_ok=True)  # first: what is left is an orphan image, pruned later
         image.unlink(missing_ok=True)
         self._label_path(capture_id).unlink(missing_ok=True)
+        self._review_path(capture_id).unlink(missing_ok=True)
 
 
 def limits(values: dict[str, Any]) -> Limits:

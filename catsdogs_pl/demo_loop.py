@@ -4,8 +4,8 @@ v1 trained on the demo's drawings (as `make demo`) is served with every answer c
 it pictures taken at night (the drawings at 30% brightness), which it never saw and calls all cats,
 and label its answers through POST /feedback on the
 monitor's port; the monitor's gauges show the accuracy on those labels; the labelled captures are
-exported, a reviewer confirms the labels that contradict a confident answer (prepare would reject
-them), they join the training data (`prepare --add`), v2 is fitted on the grown data, and the
+exported, a reviewer keeps the labels that contradict a confident answer (prepare would reject
+them; the decision is recorded and the export made again), they join the training data (`prepare --add`), v2 is fitted on the grown data, and the
 promotion gate decides on a trusted folder whether v2 replaces v1. Last: both versions' accuracy
 on the same labelled pictures. No download, no external service.
 """
@@ -99,19 +99,20 @@ def main(argv: list[str] | None = None) -> int:
         step("4/7 the live accuracy on users' labels (the monitor's gauges)")
         print(labelled_gauges())
         step("5/7 export the labelled captures; a reviewer checks the flagged; v2 fits on them")
-        labels, reviewed = work / "labels", work / "reviewed"
+        labels = work / "labels"
         summary = data_feedback.export(store, labels, max_share=1.0)  # one labeller: all of it
         print(f"exported: {summary} into {labels}")
         flagged = data_feedback.conflicts(labels)
-        for name in flagged:  # these users are right by construction: the reviewer confirms all
-            (reviewed / name).parent.mkdir(parents=True, exist_ok=True)
-            (labels / name).rename(reviewed / name)
+        for name in flagged:  # these users are right by construction: the reviewer keeps all
+            feedback.review(store, Path(name).stem, "keep", "demo-reviewer")
         print(
             f"{len(flagged)} labels contradict an answer given with >= {data_feedback.CONFIDENT} "
-            f"(prepare rejects them as feedback_conflict); a reviewer confirmed them: {reviewed}"
+            "(prepare rejects them as feedback_conflict); a reviewer kept them "
+            "(python -m catsdogs_pl.feedback review ID keep)"
         )
-        added = ",".join(str(folder) for folder in (labels, reviewed) if folder.exists())
-        grown = [f"--data.added=[{added}]", "--data.data_dir=data/prepared-demo-loop"]
+        summary = data_feedback.export(store, labels, max_share=1.0)  # the decisions applied
+        print(f"exported again: {summary}; flagged now: {len(data_feedback.conflicts(labels))}")
+        grown = [f"--data.added=[{labels}]", "--data.data_dir=data/prepared-demo-loop"]
         second = fit.main([*quiet, *grown])
         step("6/7 the gate: v2 against v1 on trusted pictures, by day and at night")
         trusted = work / "trusted"
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"before: {accuracy(version1, users)}")
         if passed:  # a refused v2 is no longer served
             print(f"after:  {accuracy(version2, users)}")
-            print("(v2 trained on 80% of them; its validation and test splits hold the rest)")
+            print("(v2 trained on all of them: users' labels join the training split only)")
     finally:
         if monitor is not None:
             monitor.shutdown()

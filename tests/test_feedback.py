@@ -432,9 +432,35 @@ def test_givers_who_disagree_send_the_photo_to_review(tmp_path: Path) -> None:
     out = tmp_path / "labels"
     data_feedback.export(found, out, 1.0)
     assert data_feedback.conflicts(out) == {
-        f"dog/{answer.id}.jpg": "givers disagree (ann: cat, bob: dog): look at the photo; to "
-        "trust a label, move it to a folder without feedback.csv"
+        f"dog/{answer.id}.jpg": "givers disagree (ann: cat, bob: dog): look at the photo and "
+        f"decide: python -m catsdogs_pl.feedback review {answer.id} keep|drop|LABEL"
     }
+
+
+def test_a_review_decision_sticks_through_every_later_export(tmp_path: Path) -> None:
+    found = Store(tmp_path / "captures", Limits(fraction=1.0))
+    ids = []
+    for k in range(3):  # each labelled dog against a confident cat: all three flagged
+        answer = Capture(uuid.uuid4().hex, "1", "cat", {"cat": 0.97, "dog": 0.03}, time.time())
+        found.keep(answer, image_bytes(300 + k, (40, 40)))
+        feedback.give(found, answer.id, "dog", "ann")
+        ids.append(answer.id)
+    out = tmp_path / "labels"
+    data_feedback.export(found, out, 1.0)
+    assert len(data_feedback.conflicts(out)) == 3
+    decisions = zip(ids, ("keep", "drop", "cat"), strict=True)
+    decided = [feedback.review(found, i, d, "rev") for i, d in decisions]
+    assert (
+        "trains as dog" in decided[0] and "dropped" in decided[1] and "trains as cat" in decided[2]
+    )
+    for _ in range(2):  # a later export, and the one after it: nothing comes back
+        summary = data_feedback.export(found, out, 1.0)
+        assert data_feedback.conflicts(out) == {}
+        files = sorted(p.relative_to(out).as_posix() for p in out.glob("*/*.jpg"))
+        assert files == sorted([f"dog/{ids[0]}.jpg", f"cat/{ids[2]}.jpg"])
+        assert (summary.reviewed, summary.dropped) == (2, 1)
+    with pytest.raises(ConfigError, match="use keep, drop or one of"):
+        feedback.review(found, ids[0], "horse", "rev")
 
 
 def test_a_flood_from_one_giver_stays_within_its_share(

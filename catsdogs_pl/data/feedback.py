@@ -1,20 +1,20 @@
 """Users' labels as training data: the labelled captures exported as class folders, and the flags
 `prepare` puts on the ones whose label contradicts a confident answer.
 
-`export` writes a snapshot, `DIR/<class>/<id>.jpg` (the image bytes as the server received them) and
-`DIR/feedback.csv` (file, label, answered, confidence, version, sha256, giver, votes): built in a
-folder beside
-DIR and moved into its place whole, so an interrupted export leaves the previous snapshot (or no
-DIR), never images without their list, and a photo whose capture is gone since leaves with it.
-`prepare --add DIR` takes the folder beside the original source and refuses it when the list is
-unreadable or does not match the images (`conflicts`; a listed photo a reviewer moved out is not a
-mismatch): a label read from a broken list would be trusted. No giver makes more than `max_share`
-of an export (MAX_SHARE; the earliest labels of a giver over it are the ones exported): one key
-holder cannot outvote the rest. A photo labelled against an answer given with at least CONFIDENT
-probability, or labelled differently by two givers, is rejected there with the reason
-`feedback_conflict`:
-someone looks at it, and moves it to a folder without feedback.csv (the source, or a reviewed folder
-added beside it) to trust it. A wrong label is cheap to give and expensive to learn.
+`export` writes a snapshot, `DIR/<class>/<id>.jpg` (the image bytes as the server received them)
+and `DIR/feedback.csv` (file, label, answered, confidence, version, sha256, giver, votes,
+reviewed): built in a folder beside DIR and moved into its place whole, so an interrupted export
+leaves the previous snapshot (or no DIR), never images without their list, and a photo whose
+capture is gone since leaves with it. No giver makes more than `max_share` of an export
+(MAX_SHARE; the earliest labels of a giver over it are the ones exported): one key holder cannot
+outvote the rest. `prepare --add DIR` takes the folder beside the original source and refuses it
+when the list is unreadable or does not match the images (`conflicts`; a listed photo a reviewer
+moved out is not a mismatch): a label read from a broken list would be trusted. A photo labelled
+against an answer given with at least CONFIDENT probability, or labelled differently by two
+givers, is rejected there with the reason `feedback_conflict`: someone looks at it and records a
+decision (`python -m catsdogs_pl.feedback review ID keep|drop|LABEL`), which every later export
+applies (a reviewed label is trusted, a dropped one left out). A wrong label is cheap to give and
+expensive to learn.
 """
 
 from __future__ import annotations
@@ -31,25 +31,32 @@ from catsdogs_pl.capture import Feedback, Store
 from catsdogs_pl.errors import ConfigError
 
 LIST = "feedback.csv"
-COLUMNS = ("file", "label", "answered", "confidence", "version", "sha256", "giver", "votes")
+COLUMNS = (
+    *("file", "label", "answered", "confidence", "version", "sha256"),
+    *("giver", "votes", "reviewed"),
+)
 CONFIDENT = 0.9  # an answer this sure, contradicted by a user's label, is checked, not trusted
 MAX_SHARE = 0.10  # of an export, at most this share from any one giver
 
 
 @dataclass(frozen=True)
 class Summary:
-    """What an export holds: photos per label, and per giver the labels given and exported."""
+    """What an export holds: photos per label, per giver the labels given and exported, and how
+    many a reviewer decided (kept or relabelled, and dropped)."""
 
     labels: dict[str, int]
     given: dict[str, int]
     exported: dict[str, int]
+    reviewed: int = 0
+    dropped: int = 0
 
     def __str__(self) -> str:
         found = ", ".join(f"{k}={n}" for k, n in sorted(self.labels.items())) or "none"
         givers = "; ".join(
             f"{g}: {self.exported.get(g, 0)} of {n} exported" for g, n in sorted(self.given.items())
         )
-        return f"{found} ({givers or 'no givers'})"
+        review = f"; {self.reviewed} reviewed, {self.dropped} dropped by review"
+        return f"{found} ({givers or 'no givers'}{review if self.reviewed + self.dropped else ''})"
 
 
 def cap(given: dict[str, int], max_share: float) -> int:
@@ -77,23 +84,28 @@ def export(store: Store, out: Path, max_share: float = MAX_SHARE) -> Summary:
     labelled = sorted(store.labelled(), key=lambda pair: pair[1].time)  # a giver's earliest first
     given = Counter(_giver(feedback) for _, feedback in labelled)
     most, taken = cap(given, max_share), Counter()
-    rows = []
+    rows, dropped = [], 0
     for answer, feedback in labelled:
-        if taken[_giver(feedback)] >= most:
+        review = store.review(answer.id)  # a reviewer's decision stands over the giver's label
+        if review is not None and review.label is None:
+            dropped += 1
+            continue
+        if review is None and taken[_giver(feedback)] >= most:
             continue
         try:
             data = store.image(answer.id)
         except OSError:  # pruned since it was listed
             continue
-        taken[_giver(feedback)] += 1
-        name = f"{feedback.label}/{answer.id}.jpg"
-        (partial / feedback.label).mkdir(exist_ok=True)
+        taken[_giver(feedback)] += review is None
+        label = review.label if review else feedback.label
+        name = f"{label}/{answer.id}.jpg"
+        (partial / label).mkdir(exist_ok=True)
         (partial / name).write_bytes(data)
         confidence = answer.probabilities.get(answer.label, 0.0)
         digest = hashlib.sha256(data).hexdigest()
         votes = ";".join(f"{g}={label}" for g, label in sorted(feedback.votes.items()))
-        row = (feedback.label, answer.label, f"{confidence:.6f}", answer.version, digest)
-        rows.append((name, *row, _giver(feedback), votes or "-"))
+        row = (label, answer.label, f"{confidence:.6f}", answer.version, digest, _giver(feedback))
+        rows.append((name, *row, votes or "-", review.reviewer if review else "-"))
     text = io.StringIO()
     writer = csv.writer(text)
     writer.writerow(COLUMNS)
@@ -104,7 +116,9 @@ def export(store: Store, out: Path, max_share: float = MAX_SHARE) -> Summary:
         out.rename(old)
     partial.rename(out)
     shutil.rmtree(old, ignore_errors=True)
-    return Summary(dict(Counter(row[1] for row in rows)), dict(given), dict(taken))
+    reviewed = sum(row[-1] != "-" for row in rows)
+    labels = dict(Counter(row[1] for row in rows))
+    return Summary(labels, dict(given), dict(taken), reviewed, dropped)
 
 
 def _giver(feedback: Feedback) -> str:
@@ -154,17 +168,20 @@ def conflicts(folder: Path) -> dict[str, str]:
         return {}
     found = {}
     for row in _listed(folder):
+        if row["reviewed"] != "-":  # a reviewer decided: trusted
+            continue
         confidence = float(row["confidence"])
         votes = dict(vote.split("=", 1) for vote in row["votes"].split(";") if "=" in vote)
         if len(set(votes.values())) > 1:
             found[row["file"]] = (
                 f"givers disagree ({', '.join(f'{g}: {v}' for g, v in sorted(votes.items()))}): "
-                "look at the photo; to trust a label, move it to a folder without feedback.csv"
+                f"look at the photo and decide: python -m catsdogs_pl.feedback review "
+                f"{Path(row['file']).stem} keep|drop|LABEL"
             )
         elif row["label"] != row["answered"] and confidence >= CONFIDENT:
             found[row["file"]] = (
                 f"labelled {row['label']}, but v{row['version']} answered {row['answered']} "
-                f"with {confidence:.2f}: look at the photo; to trust the label, move it to a "
-                "folder without feedback.csv (the source, or a reviewed folder added beside it)"
+                f"with {confidence:.2f}: look at the photo and decide: python -m "
+                f"catsdogs_pl.feedback review {Path(row['file']).stem} keep|drop|LABEL"
             )
     return found

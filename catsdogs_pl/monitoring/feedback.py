@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from catsdogs_pl import capture, errors, places
-from catsdogs_pl.capture import Feedback, Gone, LabelStoreFull, Store
+from catsdogs_pl.capture import Feedback, Gone, LabelStoreFull, Review, Store
 from catsdogs_pl.monitoring import labellers
 from catsdogs_pl.serving import torchserve as ts
 
@@ -77,6 +77,24 @@ def give(store: Store, answer_id: str, label: str, giver: str) -> dict[str, Any]
         "replaced": before.label if before else None,  # the same id again: this label stands
         "giver": giver,
     }
+
+
+def review(store: Store, answer_id: str, decision: str, reviewer: str) -> str:
+    """Record a reviewer's `decision` on a labelled capture: "keep" (its label), "drop", or a
+    class name (relabelled); every later export applies it. Says what was decided."""
+    found, given = store.get(answer_id), store.feedback(answer_id)
+    if found is None or given is None:
+        raise errors.ConfigError(f"no labelled capture {answer_id[:64]!r} to review")
+    classes = sorted(found.probabilities)
+    if decision not in ("keep", "drop", *classes):
+        raise errors.ConfigError(f"decision {decision!r}: use keep, drop or one of {classes}")
+    label = {"keep": given.label, "drop": None}.get(decision, decision)
+    try:
+        store.set_review(answer_id, Review(label, reviewer))
+    except Gone:
+        raise errors.ConfigError(f"capture {answer_id} was removed meanwhile") from None
+    verdict = "dropped" if label is None else f"trains as {label}"
+    return f"{answer_id}: {verdict} (labelled {given.label}, answered {found.label}; by {reviewer})"
 
 
 LABELLED = {  # the monitor's gauges of users' labels, per served version, over its window
@@ -303,6 +321,10 @@ def main(argv: list[str] | None = None) -> int:
     who = commands.add_parser("labeller", help="the keys that may POST /feedback")
     who.add_argument("action", choices=("add", "remove", "list"))
     who.add_argument("name", nargs="?", help="the labeller (add, remove)")
+    judge = commands.add_parser("review", help="decide on a flagged label, for every export")
+    judge.add_argument("id", help="the answer id (the file name in the export, without .jpg)")
+    judge.add_argument("decision", help="keep (its label), drop, or the class it really is")
+    judge.add_argument("--reviewer", default=getpass.getuser(), help="who decided (default: you)")
     commands.add_parser("prune", help="remove the captures past their bounds now")
     args = parser.parse_args(argv)
     store = default_store()
@@ -316,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "labeller":
         return _labeller(args.action, args.name)
+    if args.command == "review":
+        print(review(store, args.id, args.decision, args.reviewer))
+        return 0
     recorded, refused = add_csv(store, args.csv, args.giver)
     for line in refused:
         print(f"refused {line}")
