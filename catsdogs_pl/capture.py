@@ -4,7 +4,8 @@ The handler keeps a `fraction` of its answers in `<state folder>/captures/`: `<i
 bytes as received) and `<id>.json` (a Capture: id, version, label, probabilities, time). Feedback
 adds `<id>.label.json`, a reviewer's decision `<id>.review.json`. The `.json` of a capture is written last, so a capture exists once it is
 complete; every file goes through a temporary file and a rename, readable by its owner only (0600).
-Unlabelled captures are bounded by `max_bytes`, the oldest removed first; labelled ones are records
+A JPEG's location (EXIF GPS, XMP) is removed before it is stored; its pixels and the rest of its
+EXIF (orientation) are kept. Unlabelled captures are bounded by `max_bytes`, the oldest removed first; labelled ones are records
 of their own, never evicted for room: they have their own bound, `max_label_bytes`, past which a
 new label is refused (LabelStoreFull) rather than an old one dropped. Every capture, labelled or
 not, goes at `max_age_s` (the photo's retention: a label lives as long as its photo). A disk that
@@ -111,6 +112,59 @@ def valid_id(text: str) -> bool:
     return bool(_ID.match(text))
 
 
+_TIFF_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8}
+_GPS_IFD = 0x8825
+_XMP = b"http://ns.adobe.com/xap/1.0/\x00"
+
+
+def without_location(data: bytes) -> bytes:
+    """A JPEG's bytes with its location gone and nothing else changed: the EXIF GPS entries and
+    their values zeroed in place (the GPS directory left empty, so orientation and the rest of
+    EXIF still read), XMP packets (which can repeat the location) removed. Pixels are untouched.
+    Anything that is not a JPEG, or whose EXIF does not parse, is returned as it came."""
+    if data[:2] != b"\xff\xd8":
+        return data
+    out, at = bytearray(data[:2]), 2
+    while at + 4 <= len(data) and data[at] == 0xFF:
+        marker = data[at + 1]
+        if marker == 0xDA:  # start of scan: the image data follows, no more metadata
+            break
+        end = at + 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+        segment = bytearray(data[at:end])
+        if marker == 0xE1 and segment[4:10] == b"Exif\x00\x00":
+            with contextlib.suppress(IndexError, KeyError, ValueError):  # not EXIF after all
+                _zero_gps(segment, 10)
+        if not (marker == 0xE1 and bytes(segment[4 : 4 + len(_XMP)]) == _XMP):
+            out += segment
+        at = end
+    return bytes(out + data[at:])
+
+
+def _zero_gps(segment: bytearray, tiff: int) -> None:
+    """Zero the GPS directory of the TIFF structure at `segment[tiff:]`, in place."""
+    order = {b"II": "little", b"MM": "big"}[bytes(segment[tiff : tiff + 2])]
+
+    def number(at: int, size: int) -> int:
+        if tiff + at + size > len(segment):
+            raise IndexError(at)
+        return int.from_bytes(segment[tiff + at : tiff + at + size], order)
+
+    ifd0 = number(4, 4)
+    for k in range(number(ifd0, 2)):
+        entry = ifd0 + 2 + 12 * k
+        if number(entry, 2) == _GPS_IFD:
+            gps = number(entry + 8, 4)
+            count = number(gps, 2)
+            for j in range(count):
+                item = gps + 2 + 12 * j
+                size = _TIFF_SIZES.get(number(item + 2, 2), 1) * number(item + 4, 4)
+                if size > 4:  # the value lives elsewhere: zero it there
+                    start = tiff + number(item + 8, 4)
+                    segment[start : start + size] = bytes(min(size, len(segment) - start))
+            segment[tiff + gps : tiff + gps + 2 + 12 * count] = bytes(2 + 12 * count)
+            return
+
+
 def _write(path: Path, data: bytes, when: float | None = None) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
@@ -158,6 +212,7 @@ class Store:
         """Write one capture (and prune in a thread, at most every PRUNE_S); False, with nothing
         of it left behind, when the disk refuses it."""
         image, record = self._paths(capture.id)
+        data = without_location(data)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             _write(image, data, capture.time)  # its time is the capture's: the index reads it

@@ -4,6 +4,7 @@ capture."""
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import random
@@ -198,3 +199,38 @@ def test_photos_are_readable_by_their_owner_only(tmp_path: Path) -> None:
     store.set_feedback(answer.id, Feedback("dog"))
     modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.glob(f"{answer.id}*")}
     assert len(modes) == 3 and set(modes.values()) == {0o600}
+
+
+def _jpeg_with_location(orientation: int = 6) -> bytes:
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    exif[0x010F] = "PhoneMaker"
+    gps = exif.get_ifd(0x8825)
+    gps.update({1: "N", 2: (52.0, 31.0, 12.5), 3: "E", 4: (13.0, 24.0, 1.0)})
+    out = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 100, 50)).save(out, "JPEG", exif=exif.tobytes())
+    xmp = b"http://ns.adobe.com/xap/1.0/\x00<x:xmpmeta><exif:GPSLatitude>52,31.2N"
+    segment = b"\xff\xe1" + (len(xmp) + 2).to_bytes(2, "big") + xmp
+    data = out.getvalue()
+    return data[:2] + segment + data[2:]  # an XMP packet repeating the location
+
+
+def test_a_captured_photo_keeps_its_pixels_and_orientation_not_its_location(
+    tmp_path: Path,
+) -> None:
+    from PIL import Image
+
+    sent = _jpeg_with_location()
+    assert Image.open(io.BytesIO(sent)).getexif().get_ifd(0x8825)  # the upload has a location
+    store = _store(tmp_path)
+    answer = _capture()
+    store.keep(answer, sent)
+    kept = store.image(answer.id)
+    exif = Image.open(io.BytesIO(kept)).getexif()
+    assert exif.get_ifd(0x8825) == {} and b"GPSLatitude" not in kept
+    assert exif[0x0112] == 6 and exif[0x010F] == "PhoneMaker"
+    assert Image.open(io.BytesIO(kept)).tobytes() == Image.open(io.BytesIO(sent)).tobytes()
+    for other in (b"not a jpeg at all", b"\xff\xd8\xff\xe1\x00\x10Exif\x00\x00garbage!"):
+        assert capture.without_location(other) == other  # nothing to strip, or unparsable: as is
