@@ -209,23 +209,25 @@ class Store:
         return self.draw() < self.limits.fraction
 
     def keep(self, capture: Capture, data: bytes) -> bool:
-        """Write one capture (and prune in a thread, at most every PRUNE_S); False, with nothing
-        of it left behind, when the disk refuses it."""
+        """Write one capture (and prune in a thread, at most every PRUNE_S, also when the write
+        failed: a full disk is what pruning frees); False, with nothing of it left behind, when
+        the disk refuses it."""
         image, record = self._paths(capture.id)
         data = without_location(data)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             _write(image, data, capture.time)  # its time is the capture's: the index reads it
             _write(record, json.dumps(asdict(capture) | {"size": len(data)}).encode())
+            kept = True
         except OSError:
             image.unlink(missing_ok=True)
             record.unlink(missing_ok=True)
-            return False
+            kept = False
         if time.monotonic() >= self.next_prune and not (self.pruner and self.pruner.is_alive()):
             self.next_prune = time.monotonic() + PRUNE_S  # off the request's path: a scan of a
             self.pruner = threading.Thread(target=self.prune, daemon=True)  # big folder is slow
             self.pruner.start()
-        return True
+        return kept
 
     def _paths(self, capture_id: str) -> tuple[Path, Path]:
         if not valid_id(capture_id):

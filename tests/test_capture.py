@@ -104,6 +104,26 @@ def test_a_full_disk_costs_the_capture_not_the_caller(
     assert list(tmp_path.iterdir()) == []  # neither the image nor a temporary file stays
 
 
+def test_a_full_disk_still_prunes_what_would_free_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(tmp_path, Limits(fraction=1.0, max_bytes=1500))
+    store.next_prune = float("inf")
+    for _ in range(3):  # over the bound: the disk filled before the next prune
+        store.keep(_capture(), b"x" * 1000)
+    monkeypatch.setattr(capture, "PRUNE_S", 0.0)
+    store.next_prune = 0.0
+
+    def full(path: Path, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    assert store.keep(_capture(), b"image") is False
+    assert store.pruner is not None
+    store.pruner.join()
+    assert len(store.index()) == 1  # the prune ran all the same, and freed the disk
+
+
 def test_an_image_a_crash_left_without_its_record_is_pruned(tmp_path: Path) -> None:
     store = Store(tmp_path, Limits(fraction=1.0))
     orphan = tmp_path / f"{uuid.uuid4().hex}.img"

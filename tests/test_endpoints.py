@@ -4,6 +4,7 @@ a status for every failure."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import socket
@@ -30,7 +31,7 @@ def _route(read: Any, headers: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
 def port(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
     found = free_ports(1)[0]
     monkeypatch.setenv("TS_MONITOR_ADDRESS", f"http://127.0.0.1:{found}")
-    monkeypatch.setattr(prometheus, "TIMEOUT_S", 1.0)
+    monkeypatch.setattr(prometheus, "TIMEOUT_S", 2.0)
     monkeypatch.setattr(prometheus, "MAX_THREADS", 2)
 
     def produce() -> str:
@@ -57,26 +58,31 @@ def _post(port: int, body: bytes, key: str, length: int | None = None) -> tuple[
 def test_a_keyless_client_is_answered_before_its_body(port: int) -> None:
     start = time.monotonic()
     status, _ = _post(port, b"", "wrong", length=10_000)  # says 10 kB, sends none of it
-    assert status == 401 and time.monotonic() - start < 0.9  # not after the socket timeout
+    assert status == 401 and time.monotonic() - start < 1.9  # not after the socket timeout
 
 
 def test_a_silent_connection_is_dropped_after_the_timeout(port: int) -> None:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as idle:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as idle:
         start = time.monotonic()
-        assert idle.recv(1) == b""  # closed by the server, not by this test's 5 s
-        assert time.monotonic() - start < 4
+        assert idle.recv(1) == b""  # closed by the server, not by this test's 10 s
+        assert time.monotonic() - start < 8
 
 
 def test_connections_past_the_thread_bound_get_503(port: int) -> None:
     idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
-    time.sleep(0.2)  # both accepted, each holding a thread until its timeout
+    time.sleep(0.2)  # both accepted (before the next: in order), each holding a thread
     try:
-        assert _post(port, b"{}", "key")[0] == 503
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as third:
+            assert third.recv(100).startswith(b"HTTP/1.1 503")  # answered before it says a word
     finally:
         for conn in idle:
             conn.close()
-    time.sleep(1.5)  # their threads end with their timeout: the bound frees
-    assert _post(port, b"{}", "key") == (200, json.dumps({"read": 2}).encode())
+    deadline, answer = time.monotonic() + 10, None
+    while answer != (200, b'{"read": 2}') and time.monotonic() < deadline:
+        time.sleep(0.1)  # their threads end as they close: the bound frees
+        with contextlib.suppress(OSError):  # a 503 may close before the request is sent
+            answer = _post(port, b"{}", "key")
+    assert answer == (200, json.dumps({"read": 2}).encode())
 
 
 def test_every_failure_has_a_status(port: int) -> None:

@@ -526,3 +526,37 @@ def test_a_flood_from_one_giver_stays_within_its_share(
             "test split unchanged": True,
         },
     )
+
+
+def test_retention_holds_without_traffic(
+    store: Store, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No capture arrives, so no worker prunes: the monitor's round and `feedback prune` do."""
+    old = Capture(uuid.uuid4().hex, "2", "cat", {"cat": 0.8, "dog": 0.2}, time.time() - 40 * 86400)
+    store.keep(old, b"an old photo")
+    store.set_feedback(old.id, Feedback("dog", giver="alice"))
+    line, gauges = feedback.labels_round(feedback.default_store(), 0.0)
+    assert "1 captures past their bounds removed" in line and store.get(old.id) is None
+    assert 'catsdogs_captures{labelled="false"} 2' in gauges
+    assert "catsdogs_label_store_bytes 0" in gauges
+    store.keep(old, b"an old photo")
+    assert feedback.main(["prune"]) == 0
+    assert "1 captures removed; 2 kept (0 labelled)" in capsys.readouterr().out
+    assert not list(store.folder.glob(f"{old.id}*"))
+
+
+def test_a_folder_too_full_for_the_lock_file_still_prunes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    found = Store(tmp_path, Limits(fraction=1.0, max_age_s=3600))
+    old = Capture(uuid.uuid4().hex, "2", "cat", {"cat": 0.8, "dog": 0.2}, time.time() - 7200)
+    found.keep(old, b"x")
+    real = open
+
+    def full(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(path).endswith(".lock"):
+            raise OSError(28, "No space left on device")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", full)
+    assert found.prune() == 1  # the prune that frees the disk is not refused for want of it

@@ -176,6 +176,18 @@ def store_gauges(store: Store) -> str:
     return "\n".join(lines) + "\n"
 
 
+def labels_round(store: Store, since: float) -> tuple[str, str]:
+    """The monitor's round of labels, once per interval: the capture bounds applied (so photos go
+    at their age without traffic too), then its report line and the gauges of the labels given
+    since `since` and of the store's fill."""
+    try:
+        pruned = f"{store.prune()} captures past their bounds removed"
+    except OSError as exc:  # e.g. a read-only capture folder: say so, keep monitoring
+        pruned = f"cannot prune {store.folder} ({exc}): python -m catsdogs_pl.feedback prune"
+    tallies = tally(store, since)
+    return f"{report(tallies)}; {pruned}", gauges(tallies) + store_gauges(store)
+
+
 class Outcomes:
     """Counts of what became of each POST /feedback, by outcome (OUTCOMES)."""
 

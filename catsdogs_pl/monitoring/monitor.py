@@ -261,19 +261,13 @@ def main(argv: list[str] | None = None) -> int:
     store = feedback.default_store()
     outcomes = feedback.Outcomes()
 
-    def labelled() -> dict[str, feedback.Tally]:  # labelled in the window (0: all kept)
-        return feedback.tally(store, time.time() - args.window if args.window else 0.0)
+    def since() -> float:  # labels given in the window count (0: all kept)
+        return time.time() - args.window if args.window else 0.0
 
-    def labels_round() -> str:
-        """Once per interval, not per scrape: the bounds applied (retention holds without
-        traffic), the report printed, the gauges of labels and store fill made."""
-        try:
-            pruned = f"{store.prune()} captures past their bounds removed"
-        except OSError as exc:  # e.g. a read-only capture folder: say so, keep monitoring
-            pruned = f"cannot prune {store.folder} ({exc}): python -m catsdogs_pl.feedback prune"
-        tallies = labelled()
-        print(f"{feedback.report(tallies)}; {pruned}", flush=True)
-        return feedback.gauges(tallies) + feedback.store_gauges(store)
+    def labels_round() -> str:  # once per interval, not per scrape
+        line, gauges = feedback.labels_round(store, since())
+        print(line, flush=True)
+        return gauges
 
     if not args.serve:
         comparisons = monitor.compare_window()
@@ -281,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(args.window)
             comparisons = monitor.compare_window()
         print(drift.report(comparisons, _window_text(args)))
-        print(feedback.report(labelled()))
+        print(feedback.report(feedback.tally(store, since())))
         return 0
     labels = labels_round()
     prometheus.expose(
