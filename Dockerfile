@@ -54,7 +54,8 @@ RUN pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}" "torchvis
 ENV PYTHONPATH=/app \
     CATSDOGS_HOME=/srv/catsdogs \
     CATSDOGS_BIND_HOST=0.0.0.0
-RUN install -d -o catsdogs -g catsdogs /srv/catsdogs /srv/catsdogs/model-store
+# captures/ too: a volume mounted there starts owned by catsdogs, as docker copies the image's folder
+RUN install -d -o catsdogs -g catsdogs /srv/catsdogs /srv/catsdogs/model-store /srv/catsdogs/captures
 ENTRYPOINT ["/usr/bin/tini", "--"]
 
 # --- TorchServe: `serve run` keeps it in the foreground and turns SIGTERM into a clean stop
