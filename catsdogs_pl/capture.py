@@ -2,16 +2,18 @@
 
 The handler keeps a `fraction` of its answers in `<state folder>/captures/`: `<id>.img` (the image
 bytes as received) and `<id>.json` (a Capture: id, version, label, probabilities, time). Feedback
-adds `<id>.label.json`, a reviewer's decision `<id>.review.json`. The `.json` of a capture is written last, so a capture exists once it is
-complete; every file goes through a temporary file and a rename, readable by its owner only (0600).
-A JPEG's location (EXIF GPS, XMP) is removed before it is stored; its pixels and the rest of its
-EXIF (orientation) are kept. Unlabelled captures are bounded by `max_bytes`, the oldest removed first; labelled ones are records
-of their own, never evicted for room: they have their own bound, `max_label_bytes`, past which a
-new label is refused (LabelStoreFull) rather than an old one dropped. Every capture, labelled or
-not, goes at `max_age_s` (the photo's retention: a label lives as long as its photo). A disk that
-refuses a write costs the capture, never the answer. Pruning and the label bound read one listing
-of the folder (names and sizes, never a record), and a lock file keeps a label from arriving while
-its capture is being removed.
+adds `<id>.label.json`, a reviewer's decision `<id>.review.json`. The `.json` of a capture is
+written last, so a capture exists once it is complete; every file goes through a temporary file
+and a rename, readable by its owner only (0600). A JPEG's location (EXIF GPS, XMP) is removed
+before it is stored; its pixels and the rest of its EXIF (orientation) are kept.
+
+Unlabelled captures are bounded by `max_bytes`, the oldest removed first; labelled ones are
+records of their own, never evicted for room: they have their own bound, `max_label_bytes`, past
+which a new label is refused (LabelStoreFull) rather than an old one dropped. Every capture,
+labelled or not, goes at `max_age_s` (the photo's retention: a label lives as long as its photo).
+A disk that refuses a write costs the capture, never the answer. Pruning and the label bound read
+one listing of the folder (names and sizes, never a record), and a lock file keeps a label from
+arriving while its capture is being removed.
 
 Stdlib only: every `.mar` ships it as `catsdogs_capture.py` for the handler; the feedback API and
 the data export read the same folder through it.
@@ -345,7 +347,7 @@ class Store:
             return None
 
     def set_review(self, capture_id: str, review: Review) -> None:
-        """Record a reviewer's decision (the later one stands); Gone when the capture was removed."""
+        """Record a reviewer's decision (the later one stands); Gone when the capture is gone."""
         with self._locked():
             if not self._paths(capture_id)[1].exists():
                 raise Gone(capture_id)

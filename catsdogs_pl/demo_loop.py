@@ -2,12 +2,12 @@
 
 v1 trained on the demo's drawings (as `make demo`) is served with every answer captured; users send
 it pictures taken at night (the drawings at 30% brightness), which it never saw and calls all cats,
-and label its answers through POST /feedback on the
-monitor's port; the monitor's gauges show the accuracy on those labels; the labelled captures are
-exported, a reviewer keeps the labels that contradict a confident answer (prepare would reject
-them; the decision is recorded and the export made again), they join the training data (`prepare --add`), v2 is fitted on the grown data, and the
-promotion gate decides on a trusted folder whether v2 replaces v1. Last: both versions' accuracy
-on the same labelled pictures. No download, no external service.
+and label its answers through POST /feedback on the monitor's port (with a labeller's key); the
+monitor's gauges show the accuracy on those labels; the labelled captures are exported, a reviewer
+keeps the labels that contradict a confident answer (prepare would reject them; the decision is
+recorded and the export made again), they join the training data (`prepare --add`), v2 is fitted
+on the grown data, and the promotion gate decides on a trusted folder whether v2 replaces v1.
+Last: both versions' accuracy on the same labelled pictures. No download, no external service.
 """
 
 from __future__ import annotations

@@ -345,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         entries = store.index()
         labelled = sum(e.labelled for e in entries)
         print(
-            f"{removed} captures removed; {len(entries)} kept ({labelled} labelled) in {store.folder}"
+            f"{removed} captures removed; {len(entries)} kept ({labelled} labelled) "
+            f"in {store.folder}"
         )
         return 0
     if args.command == "labeller":
