@@ -50,7 +50,13 @@ LAYERS = [  # lowest first; a module is in the first layer one of whose prefixes
     ),
     (
         "training, serving, monitoring",
-        ["training", "serving", "monitoring.monitor", "monitoring.feedback"],
+        [
+            "training",
+            "serving",
+            "monitoring.monitor",
+            "monitoring.feedback",
+            "monitoring.labellers",
+        ],
     ),
     (
         "commands",
