@@ -532,6 +532,9 @@ def test_retention_holds_without_traffic(
     store: Store, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """No capture arrives, so no worker prunes: the monitor's round and `feedback prune` do."""
+    if store.pruner is not None:  # the fixture's writes started one: let it finish, start no more
+        store.pruner.join()
+    store.next_prune = float("inf")
     old = Capture(uuid.uuid4().hex, "2", "cat", {"cat": 0.8, "dog": 0.2}, time.time() - 40 * 86400)
     store.keep(old, b"an old photo")
     store.set_feedback(old.id, Feedback("dog", giver="alice"))
