@@ -46,7 +46,8 @@ TRAINING_ONLY = ("weights",)  # where training starts from: the export's weights
 NETWORKS = {  # network class -> its module in catsdogs_pl/models (catsdogs_<module>.py in a .mar)
     "BaselineCNN": "cnn",
     "TorchvisionNet": "backbone",
-    "EfficientNetLite0": "efficientnet_lite",
+    "EfficientNetLite": "efficientnet_lite",
+    "EfficientNetLite0": "efficientnet_lite",  # exports made before lite1 and lite2
 }
 
 

