@@ -552,6 +552,7 @@ def test_a_folder_too_full_for_the_lock_file_still_prunes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     found = Store(tmp_path, Limits(fraction=1.0, max_age_s=3600))
+    found.next_prune = float("inf")  # no background prune: the one below is what is tested
     old = Capture(uuid.uuid4().hex, "2", "cat", {"cat": 0.8, "dog": 0.2}, time.time() - 7200)
     found.keep(old, b"x")
     real = open
