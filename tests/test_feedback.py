@@ -37,6 +37,7 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Store:
     digest = hashlib.sha256(KEY.encode()).hexdigest()
     (tmp_path / labellers.FILE).write_text(json.dumps({digest: "alice"}))
     found = Store(places.captures(), Limits(fraction=1.0))
+    found.next_prune = float("inf")  # no background prune: the tests say when the store prunes
     for label in ("cat", "dog"):
         answer = Capture(uuid.uuid4().hex, "2", label, {"cat": 0.8, "dog": 0.2}, time.time())
         found.keep(answer, b"image")
@@ -532,9 +533,6 @@ def test_retention_holds_without_traffic(
     store: Store, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """No capture arrives, so no worker prunes: the monitor's round and `feedback prune` do."""
-    if store.pruner is not None:  # the fixture's writes started one: let it finish, start no more
-        store.pruner.join()
-    store.next_prune = float("inf")
     old = Capture(uuid.uuid4().hex, "2", "cat", {"cat": 0.8, "dog": 0.2}, time.time() - 40 * 86400)
     store.keep(old, b"an old photo")
     store.set_feedback(old.id, Feedback("dog", giver="alice"))

@@ -106,8 +106,9 @@ def test_imagenet_weights_tell_cats_from_dogs_zero_shot(variant: str, size: int,
     ImageNet size: a wrong key map, stage table, padding or input scaling lands near 0.5."""
     x, labels = _sample_photos(size)
     net = EfficientNetLite(num_classes=1000, weights="imagenet", flip_tta=False, variant=variant)
+    net.eval()
     with torch.inference_mode():
-        p = torch.cat([net.eval()(batch).softmax(-1) for batch in x.split(64)])
+        p = torch.cat([net(batch).softmax(-1) for batch in x.split(64)])
     dog = p[:, IMAGENET_DOGS].sum(-1) > p[:, IMAGENET_CATS].sum(-1)
     accuracy = (dog.long() == labels).float().mean().item()
     report(

@@ -123,7 +123,7 @@ class EfficientNetLite(nn.Module):
         self._conv_stem = SameConv(3, STEM, 3, 2, bias=False)
         self._bn0 = _bn(STEM)
         repeats, widths = VARIANTS[variant]
-        stages = zip(repeats, KERNELS, (STEM, *widths), widths, strict=False)
+        stages = zip(repeats, KERNELS, (STEM, *widths[:-1]), widths, strict=True)
         args = [
             (k, 1 if i else s, e, o if i else c, o)
             for r, (k, s, e), c, o in stages
@@ -187,6 +187,5 @@ class EfficientNetLite(nn.Module):
         return logits
 
 
-EfficientNetLite0 = (
-    EfficientNetLite  # the name architecture.json holds in exports made before lite1/2
-)
+# the name architecture.json holds in exports made before lite1 and lite2
+EfficientNetLite0 = EfficientNetLite
