@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from serve import export_folder
+from serve import add_export_arguments, export_folder
 
 from catsdogs_pl import servable
 from catsdogs_pl.contracts import Preprocessing
@@ -62,10 +62,7 @@ def build(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--export-dir", type=Path)
-    which.add_argument("--model-version")
-    parser.add_argument("--tracking-uri")
+    add_export_arguments(parser)
     parser.add_argument("--data-dir", type=Path, required=True, help="the prepared data")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)

@@ -97,6 +97,14 @@ USERS_BATCH = 8  # litserve-eager's batch size
 T = TypeVar("T")
 
 
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    """--export-dir or --model-version, and --tracking-uri: what export_folder reads."""
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--export-dir", type=Path, help="a servable export folder")
+    which.add_argument("--model-version", help="registered version N of 'catsdogs'")
+    parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else the home store")
+
+
 def export_folder(args: argparse.Namespace, tmp: Path) -> Path:
     """The export folder to serve: given, or `servable/` of the registry version's run."""
     if args.export_dir:
@@ -385,10 +393,7 @@ def ratio(a: float, b: float) -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--export-dir", type=Path, help="a servable export folder")
-    which.add_argument("--model-version", help="registered version N of 'catsdogs'")
-    parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else the home store")
+    add_export_arguments(parser)
     parser.add_argument("--data", type=Path, default=Path(__file__).parents[2] / "shared" / "data")
     parser.add_argument("--duration", type=float, default=15, help="seconds per measurement")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])

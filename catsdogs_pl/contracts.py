@@ -1,10 +1,11 @@
 """The JSON files that travel between data, training, serving and monitoring, as frozen dataclasses.
 
-`preprocessing.json` and `summary.json` (written by prepare), `architecture.json` and
-`reference.json` (written by fit into the servable export): each is written and read only here, by
-`to_json` / `from_json`, so a key cannot be spelled two ways. Each file carries its `format`;
-files written before formats existed (no `format` key, or reference.json's old `schema`) are format
-1 and load as they are. A file of a newer format than this code knows is refused with its name.
+`preprocessing.json` and `summary.json` (written by prepare), `architecture.json`,
+`reference.json` and `calibration.json` (written by fit into the servable export): each is
+written and read only here, by `to_json` / `from_json`, so a key cannot be spelled two ways. Each
+file carries its `format`; files written before formats existed (no `format` key, or
+reference.json's old `schema`) are format 1 and load as they are. A file of a newer format than
+this code knows is refused with its name.
 
 Standard library only: every `.mar` ships this file as `catsdogs_contracts.py` (and errors.py as
 `catsdogs_errors.py`) for the handler.
@@ -193,6 +194,23 @@ class Reference(Contract):
         if FORMAT not in data and "schema" in data:  # its name before formats were shared
             data[FORMAT] = data.pop("schema")
         return super().from_dict(data)
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration(Contract):
+    """The temperature that serving divides the logits by before the softmax, fitted at publish
+    on the validation split (training/calibration.py), so that a confidence of 0.9 is right 9
+    times in 10: the monitor and the feedback rules read the served confidence. With the split's
+    expected calibration error before and after. An export without this file serves temperature 1."""
+
+    FILE: ClassVar[str] = "calibration.json"
+
+    temperature: float
+    split: str
+    images: int
+    ece_before: float
+    ece_after: float
+    bins: int
 
 
 @dataclasses.dataclass(frozen=True)

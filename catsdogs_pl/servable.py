@@ -3,7 +3,8 @@
 An export folder holds `weights.pt` (a plain state_dict, loaded with `weights_only=True`: nothing is
 unpickled), `architecture.json` (which network, with its constructor arguments),
 `preprocessing.json` and `index_to_name.json` (from the prepared data, so serving cannot drift from
-training) and, when fit wrote one, `reference.json` (what the monitor compares served traffic with).
+training) and, when fit wrote them, `reference.json` (what the monitor compares served traffic with)
+and `calibration.json` (the temperature the served logits are divided by).
 
 Torch only. Every `.mar` ships this file as `catsdogs_servable.py`, beside `catsdogs_contracts.py`
 and the network modules as `catsdogs_<module>.py` (`NETWORKS`), and the handler loads with it: fit's
@@ -28,10 +29,22 @@ import torch
 from torch import nn
 
 if __package__:  # catsdogs_pl.servable
-    from catsdogs_pl.contracts import Architecture, ForwardPass, Preprocessing, Reference
+    from catsdogs_pl.contracts import (
+        Architecture,
+        Calibration,
+        ForwardPass,
+        Preprocessing,
+        Reference,
+    )
     from catsdogs_pl.errors import MissingError
 else:  # catsdogs_servable.py inside a .mar (serving/package.py ships them all)
-    from catsdogs_contracts import Architecture, ForwardPass, Preprocessing, Reference
+    from catsdogs_contracts import (
+        Architecture,
+        Calibration,
+        ForwardPass,
+        Preprocessing,
+        Reference,
+    )
     from catsdogs_errors import MissingError
 
 WEIGHTS = "weights.pt"
@@ -81,12 +94,18 @@ def build(arch: Architecture) -> nn.Module:
 
 
 def export(
-    net: nn.Module, preprocessing: Preprocessing, out: Path, reference: Reference | None = None
+    net: nn.Module,
+    preprocessing: Preprocessing,
+    out: Path,
+    reference: Reference | None = None,
+    calibration: Calibration | None = None,
 ) -> Path:
-    """Write the servable files (and the monitoring reference, when given) into `out`."""
+    """Write the servable files (and the monitoring reference and the calibration, when given)
+    into `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    if reference is not None:
-        reference.write(out)
+    for contract in (reference, calibration):
+        if contract is not None:
+            contract.write(out)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     torch.save(state, out / WEIGHTS)
     architecture(net).write(out)
@@ -96,9 +115,9 @@ def export(
 
 
 def present(folder: Path) -> list[str]:
-    """The servable files of `folder`: the four, and the reference, model.onnx, the accepted
-    forward pass and its int8 graph when it has them."""
-    optional = (Reference.FILE, ONNX, ForwardPass.FILE, INT8)
+    """The servable files of `folder`: the four, and the reference, the calibration, model.onnx,
+    the accepted forward pass and its int8 graph when it has them."""
+    optional = (Reference.FILE, Calibration.FILE, ONNX, ForwardPass.FILE, INT8)
     return [*FILES, *(name for name in optional if (folder / name).exists())]
 
 
@@ -111,6 +130,13 @@ def load(folder: Path, weights: str = WEIGHTS) -> tuple[nn.Module, Preprocessing
     net = build(Architecture.read(folder))
     net.load_state_dict(torch.load(folder / weights, map_location="cpu", weights_only=True))
     return net.eval(), Preprocessing.read(folder)
+
+
+def temperature(folder: Path) -> float:
+    """What the served logits are divided by before the softmax: calibration.json's temperature,
+    1 for an export made before calibration existed."""
+    path = folder / Calibration.FILE
+    return Calibration.read(folder).temperature if path.exists() else 1.0
 
 
 class OnnxNet:

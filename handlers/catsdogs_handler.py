@@ -113,6 +113,7 @@ class CatsDogsHandler:
         self.runtime = getattr(self.forward, "runtime", "eager")
         self.precision = getattr(self.forward, "precision", "f32")
         self.flip_tta = bool(getattr(self.net, "flip_tta", False))  # traced into model.onnx too
+        self.temperature = servable.temperature(model_dir)  # fitted at publish: calibration.json
         self.version = str(context.manifest["model"].get("modelVersion", ""))
         # TorchServe answers 413 to a body over max_request_size (config.properties) before it
         # reaches a worker; `max_bytes` in model-config.yaml is only for a lower limit of one model.
@@ -150,7 +151,7 @@ class CatsDogsHandler:
     def predict(self, images: list[np.ndarray]) -> torch.Tensor:
         x = self.batch(images)
         with torch.inference_mode():
-            return self.forward(x).softmax(-1)
+            return (self.forward(x) / self.temperature).softmax(-1)
 
     def observe(self, images: list[np.ndarray], sizes: list[tuple[int, int]], probs: Any) -> None:
         """Count the statistics of accepted images and their predictions into `pending`."""

@@ -8,6 +8,7 @@ import re
 import socket
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from lightning.pytorch import Callback
 from mlflow import MlflowClient
 
 from catsdogs_pl import errors, registry, servable
-from catsdogs_pl.contracts import Reference, Summary
+from catsdogs_pl.contracts import Calibration, Reference, Summary
 from catsdogs_pl.errors import ConfigError, MissingError
 from catsdogs_pl.fit import main
 from catsdogs_pl.models.classifier import TEST_ACC, TEST_ECE, VAL_ACC, class_accuracy
@@ -25,6 +26,7 @@ from catsdogs_pl.monitoring import reference
 from catsdogs_pl.registry import MlflowSettings
 from catsdogs_pl.serving import package
 from catsdogs_pl.training.fit import RUN_CONFIG, find_last_checkpoint
+from catsdogs_pl.training.publish import TEMPERATURE, TEST_ECE_SERVED, VAL_ECE
 from tests.helpers.serving import environment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,11 +104,19 @@ def test_demo_fit_logs_registers_and_exports(fit_args: list[str], tmp_path: Path
     prepared = Summary.read(tmp_path / "prepared")
     assert logged.images == prepared.splits["val"]["total"] > 0
     assert 0 <= logged.ece <= 1 and 0 <= logged.accuracy <= 1
-    assert run.data.metrics["val/ece"] == pytest.approx(logged.ece)
+    # the temperature fitted on the same split, logged with the served probabilities' ECE
+    fitted = Calibration.read(local)
+    assert fitted.split == "val" and fitted.images == logged.images and fitted.temperature > 0
+    assert run.data.metrics[TEMPERATURE] == pytest.approx(fitted.temperature)
+    assert run.data.metrics[VAL_ECE] == pytest.approx(fitted.ece_after)
+    assert 0 <= run.data.metrics[TEST_ECE_SERVED] <= 1
+    assert TEST_ECE_SERVED in summary.test_metrics
     with environment({"CATSDOGS_HOME": str(tmp_path / "home")}):
         uri = MlflowSettings(tracking_uri=summary.tracking_uri)
         _, mar = package.package_version(summary.version, mlflow=uri)
     assert reference.from_mar(mar) == logged
+    with zipfile.ZipFile(mar) as archive:
+        assert Calibration.FILE in archive.namelist()
 
 
 @pytest.mark.slow  # trains demo.yaml unshrunk: about a minute

@@ -144,9 +144,15 @@ def test_flip_tta_is_served_only_where_it_pays(
 ) -> None:
     monkeypatch.setattr(forward_gate, "TTA_GAIN", gain)
     net = network()
-    figures = forward_gate.choose_flip_tta(net, dm)
+    figures, val_logits = forward_gate.choose_flip_tta(net, dm)
     assert figures["flip_tta"] is net.flip_tta is served
     assert {"val_accuracy_tta", "val_accuracy_no_tta", "gain"} <= set(figures)
+    # one pass over the photos and one over their mirrors answer as the network served
+    images, targets = forward_gate.split(dm, "val")
+    answered = forward_gate.logits(net.eval(), dm.preprocessing, images)
+    np.testing.assert_allclose(val_logits, answered, atol=1e-5)
+    accuracy = float((answered.argmax(1) == targets).mean())
+    assert accuracy == figures["val_accuracy_tta" if net.flip_tta else "val_accuracy_no_tta"]
     servable.export(net, dm.preprocessing, tmp_path)
     written = json.loads((tmp_path / "architecture.json").read_text())
     assert written["flip_tta"] is served  # what serving rebuilds is what was chosen

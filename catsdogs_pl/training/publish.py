@@ -1,6 +1,6 @@
-"""What a finished fit leaves in MLflow, one step per function: the data it saw, the evaluation
-plots, the servable export (with the monitoring reference) and the logged model, and the registry
-version with its alias.
+"""What a finished fit leaves in MLflow, one step per function: the data it saw, the calibration
+of its served confidence, the evaluation plots, the servable export (with the monitoring reference)
+and the logged model, and the registry version with its alias.
 
 `publish` runs the steps in order on the best checkpoint's weights and returns a `FitSummary`.
 """
@@ -21,17 +21,23 @@ from mlflow import MlflowClient
 from mlflow.models.model import ModelInfo
 
 from catsdogs_pl import registry, servable
-from catsdogs_pl.contracts import ForwardPass, Reference
+from catsdogs_pl.contracts import Calibration, ForwardPass, Reference
 from catsdogs_pl.data.datamodule import CatsDogsDataModule
 from catsdogs_pl.models.classifier import (
     TEST_ACC,
+    TEST_ECE,
     TRAIN_LOSS,
     VAL_ACC,
     VAL_LOSS,
     CatsDogsClassifier,
 )
 from catsdogs_pl.monitoring import reference
-from catsdogs_pl.training import forward_gate, plots
+from catsdogs_pl.training import calibration, forward_gate, plots
+
+TEST_ECE_SERVED = TEST_ECE + "_served"  # the same, of the probabilities served (calibrated)
+VAL_ECE = "val/ece"  # of the served probabilities on the split the temperature was fitted on
+TEMPERATURE = "calibration/temperature"
+Predictions = tuple[np.ndarray, np.ndarray, np.ndarray]  # images, targets, probabilities
 
 
 @dataclass(frozen=True)
@@ -67,9 +73,7 @@ def log_data(client: MlflowClient, run_id: str, dm: CatsDogsDataModule) -> None:
     client.log_text(run_id, summary.to_json(), f"data/{summary.FILE}")
 
 
-def predict(
-    model: CatsDogsClassifier, dm: CatsDogsDataModule, split: str = "test"
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def predict(model: CatsDogsClassifier, dm: CatsDogsDataModule, split: str = "test") -> Predictions:
     """Images, targets and class probabilities of the val or test split in dataset order: the
     DataModule's batches and normalisation, the module's own `predict_step`. In this process
     alone, not through a Trainer: under DDP rank 0 publishes by itself, and `Trainer.predict`
@@ -87,15 +91,30 @@ def predict(
     return np.load(data.images_path, mmap_mode="r"), data.labels, torch.cat(probs).numpy()
 
 
-def monitoring_reference(model: CatsDogsClassifier, dm: CatsDogsDataModule) -> Reference:
-    """The validation split's input statistics, the model's confidence on it and its
+def calibrate(
+    model: CatsDogsClassifier, dm: CatsDogsDataModule, val_logits: np.ndarray
+) -> tuple[Calibration, Predictions, Predictions]:
+    """The temperature fitted on the validation split (whose logits choose_flip_tta computed),
+    and both splits' predictions as they will be served (calibrated)."""
+    images, targets = forward_gate.split(dm, "val")
+    val = (images, targets, torch.from_numpy(val_logits).softmax(-1).numpy())
+    test = predict(model, dm, "test")
+    fitted = calibration.fit(val[2], targets)
+    served = [
+        (*split[:2], calibration.scale(split[2], fitted.temperature)) for split in (val, test)
+    ]
+    return fitted, *served
+
+
+def monitoring_reference(val: Predictions, dm: CatsDogsDataModule) -> Reference:
+    """The validation split's input statistics, the served confidence on it and its
     calibration: what the monitor compares served traffic with."""
-    images, targets, probs = predict(model, dm, "val")
+    images, targets, probs = val
     return reference.build(images, dm.original_sizes("val"), probs, targets, dm.classes)
 
 
 def log_evaluation_plots(
-    client: MlflowClient, run_id: str, model: CatsDogsClassifier, dm: CatsDogsDataModule
+    client: MlflowClient, run_id: str, test: Predictions, classes: list[str]
 ) -> None:
     """Learning curves from the run's history; confusion matrix, ROC and the most confident
     mistakes on the test split."""
@@ -103,8 +122,7 @@ def log_evaluation_plots(
         k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)]
         for k in (TRAIN_LOSS + "_epoch", VAL_LOSS, VAL_ACC)
     }
-    images, targets, probs = predict(model, dm)
-    classes = dm.classes
+    images, targets, probs = test
     figures = {
         "learning_curves": plots.learning_curves(history),
         "confusion_matrix": plots.confusion_matrix(targets, probs.argmax(1), classes),
@@ -123,14 +141,16 @@ def log_servable(
     net: torch.nn.Module,
     dm: CatsDogsDataModule,
     reference: Reference,
+    calibrated: Calibration,
     tta: dict[str, Any],
+    test_labels: np.ndarray,
 ) -> tuple[ModelInfo, ForwardPass]:
-    """The servable export with its monitoring reference and the forward pass the gate accepted
-    (what `package` archives), and the network as an MLflow model (what the registry version
+    """The servable export with its monitoring reference, its calibration and the forward pass
+    the gate accepted (what `package` archives), and the network as an MLflow model (what the registry version
     points at). The gate's figures also go to the run as `forward/...` metrics."""
     with tempfile.TemporaryDirectory() as tmp:
-        folder = servable.export(net, dm.preprocessing, Path(tmp), reference)
-        forward = forward_gate.accept(net, dm, folder, tta)
+        folder = servable.export(net, dm.preprocessing, Path(tmp), reference, calibrated)
+        forward = forward_gate.accept(net, dm, folder, tta, test_labels)
         client.log_artifacts(run_id, str(folder), "servable")
     for rung in forward.rungs:
         for name, figures in rung.items():
@@ -200,11 +220,18 @@ def publish(
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
     log_data(client, run_id, dm)
     client.log_artifact(run_id, trainer.checkpoint_callback.best_model_path, "checkpoints")
-    tta = forward_gate.choose_flip_tta(model.net, dm)  # what is served from here on
-    log_evaluation_plots(client, run_id, model, dm)
-    monitored = monitoring_reference(model, dm)
-    client.log_metric(run_id, "val/ece", monitored.ece)
-    info, forward = log_servable(client, run_id, tracking_uri, model.net, dm, monitored, tta)
+    tta, val_logits = forward_gate.choose_flip_tta(model.net, dm)  # what is served from here on
+    fitted, val, test = calibrate(model, dm, val_logits)
+    metrics[TEST_ECE_SERVED] = calibration.ece(test[2], test[1])
+    # every */ece is calibration.ece: 15 equal bins (reference.json's is in the monitor's buckets)
+    logged = {VAL_ECE: fitted.ece_after, TEMPERATURE: fitted.temperature}
+    for key, value in {**logged, TEST_ECE_SERVED: metrics[TEST_ECE_SERVED]}.items():
+        client.log_metric(run_id, key, value)
+    log_evaluation_plots(client, run_id, test, dm.classes)
+    monitored = monitoring_reference(val, dm)
+    info, forward = log_servable(
+        client, run_id, tracking_uri, model.net, dm, monitored, fitted, tta, test[2].argmax(1)
+    )
     version, moved, reason = register(
         client, run_id, store.registered_model, info, model.net, dm, metrics, forward
     )
