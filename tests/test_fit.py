@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch import Callback
 from mlflow import MlflowClient
 
-from catsdogs_pl import errors, registry, servable
+from catsdogs_pl import errors, places, registry, servable, signing
 from catsdogs_pl.contracts import Calibration, Reference, Summary
 from catsdogs_pl.errors import ConfigError, MissingError
 from catsdogs_pl.fit import main
@@ -97,6 +97,7 @@ def test_demo_fit_logs_registers_and_exports(fit_args: list[str], tmp_path: Path
     local = Path(client.download_artifacts(run.info.run_id, "servable", str(tmp_path / "dl")))
     net, pre = servable.load(local)
     assert pre.classes == ("cat", "dog") and pre.image_size == 32
+    signing.verify(local, signing.public_key(places.home()))  # signed as registered, every file
     assert net(torch.zeros(3, 3, 32, 32)).shape == (3, 2)
 
     # the monitoring reference: the validation split, in the run and in the archive alike

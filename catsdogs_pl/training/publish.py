@@ -1,6 +1,6 @@
 """What a finished fit leaves in MLflow, one step per function: the data it saw, the calibration
-of its served confidence, the evaluation plots, the servable export (with the monitoring reference)
-and the logged model, and the registry version with its alias.
+of its served confidence, the evaluation plots, the servable export (with the monitoring reference,
+signed: catsdogs_pl/signing.py) and the logged model, and the registry version with its alias.
 
 `publish` runs the steps in order on the best checkpoint's weights and returns a `FitSummary`.
 """
@@ -20,7 +20,7 @@ import torch
 from mlflow import MlflowClient
 from mlflow.models.model import ModelInfo
 
-from catsdogs_pl import registry, servable
+from catsdogs_pl import places, registry, servable, signing
 from catsdogs_pl.contracts import Calibration, ForwardPass, Reference
 from catsdogs_pl.data.datamodule import CatsDogsDataModule
 from catsdogs_pl.models.classifier import (
@@ -146,11 +146,12 @@ def log_servable(
     test_labels: np.ndarray,
 ) -> tuple[ModelInfo, ForwardPass]:
     """The servable export with its monitoring reference, its calibration and the forward pass
-    the gate accepted (what `package` archives), and the network as an MLflow model (what the registry version
+    the gate accepted (what `package` archives), signed (model.sig), and the network as an MLflow model (what the registry version
     points at). The gate's figures also go to the run as `forward/...` metrics."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = servable.export(net, dm.preprocessing, Path(tmp), reference, calibrated)
         forward = forward_gate.accept(net, dm, folder, tta, test_labels)
+        signing.sign(folder, signing.private_key(places.home()))  # every file, model.onnx too
         client.log_artifacts(run_id, str(folder), "servable")
     for rung in forward.rungs:
         for name, figures in rung.items():
