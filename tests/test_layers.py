@@ -27,10 +27,11 @@ LAYERS = [  # lowest first; a module is in the first layer one of whose prefixes
     ),
     ("networks", ["models.cnn", "models.backbone", "models.efficientnet_lite"]),
     (
-        "what training and serving share: the servable format, the registry, the data, the "
-        "LightningModule, the monitoring reference and drift, the TorchServe client",
+        "what training and serving share: the servable format and its signatures, the registry, "
+        "the data, the LightningModule, the monitoring reference and drift, the TorchServe client",
         [
             "servable",
+            "signing",
             "registry",
             "data.augment",
             "data.cache",
