@@ -20,10 +20,8 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-if __package__:  # catsdogs_pl.signing
-    from catsdogs_pl.errors import CatsDogsError, MissingError
-else:  # catsdogs_signing.py inside a .mar
-    from catsdogs_errors import CatsDogsError, MissingError
+from catsdogs_pl import places
+from catsdogs_pl.errors import CatsDogsError, MissingError
 
 SIGNATURE = "model.sig"
 PRIVATE_ENV = "CATSDOGS_SIGNING_KEY"
@@ -44,8 +42,9 @@ def private_key(home: Path) -> Path:
             raise MissingError(f"{PRIVATE_ENV}={path}: no such key file")
         return path
     path = home / KEYS / "private.pem"
-    if not path.exists():
-        _make_pair(path)
+    with places.locked("signing"):  # two first fits at once make one pair, not two halves
+        if not path.exists():
+            _make_pair(path)
     return path
 
 
@@ -71,14 +70,15 @@ def _make_pair(private: Path) -> None:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    fd = os.open(private.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = private.with_name(f".{private.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(pem)
     public = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     (private.parent / "public.pem").write_bytes(public)
-    os.replace(private.with_suffix(".tmp"), private)  # last: a pair is whole once this exists
+    os.replace(tmp, private)  # last: a pair is whole once this exists
 
 
 def _hashing(ignored: Iterable[str]):  # noqa: ANN202 (model_signing's Config)
@@ -100,6 +100,7 @@ def sign(folder: Path, key: Path) -> Path:
 def verify(folder: Path, key: Path, ignored: Iterable[str] = ()) -> None:
     """Refuse `folder` unless its files (but `ignored`, the names of files that are not the
     export's, such as an archive's code) are exactly the ones its model.sig signed, with `key`."""
+    from cryptography.exceptions import InvalidSignature
     from model_signing import verifying
 
     if not (folder / SIGNATURE).exists():
@@ -115,7 +116,5 @@ def verify(folder: Path, key: Path, ignored: Iterable[str] = ()) -> None:
             r": Expected 'Digest.*?', Actual 'Digest.*?'(?=\"|\])", " (changed)", str(exc)
         )
         raise SignatureError(f"{folder} does not verify with {key}: {found}") from exc
-    except Exception as exc:  # cryptography's InvalidSignature carries no message
-        raise SignatureError(
-            f"{folder} does not verify with {key}: {type(exc).__name__} {exc}".rstrip()
-        ) from exc
+    except InvalidSignature as exc:  # carries no message
+        raise SignatureError(f"{folder} does not verify with {key}: InvalidSignature") from exc
