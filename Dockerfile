@@ -45,10 +45,11 @@ ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ARG TORCH_VERSION=2.5.1
 ARG TORCHVISION_VERSION=0.20.1
 # TorchServe's worker imports PyYAML, which the torchserve wheel does not declare; OpenVINO (else
-# ONNX Runtime) runs the model.onnx that package adds to a .mar (catsdogs_pl/servable.py forward).
+# ONNX Runtime) runs the model.onnx of a .mar (catsdogs_pl/servable.py forward); model-signing
+# verifies a .mar's files before a worker loads them (it imports pyOpenSSL without declaring it).
 RUN pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" \
     && pip install "torchserve==0.12.0" "pyyaml==6.0.2" "numpy==2.1.3" "pillow==11.0.0" \
-        "onnxruntime==1.32.0" "openvino==2026.4.1"
+        "onnxruntime==1.32.0" "openvino==2026.4.1" "model-signing==1.1.1" "pyopenssl==26.4.0"
 # The code runs from /app (configs/ and handlers/ beside the package); state lives in the volume.
 # TorchServe binds every interface: 127.0.0.1 in a container reaches nothing outside it.
 ENV PYTHONPATH=/app \

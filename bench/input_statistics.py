@@ -35,9 +35,9 @@ from serve import load_handler, photos  # bench/serve.py: the handler as a worke
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
 from catsdogs_pl import config as fit_config
-from catsdogs_pl import places, preprocessing, servable
+from catsdogs_pl import places, preprocessing, servable, signing
 from catsdogs_pl.models.cnn import BaselineCNN
-from catsdogs_pl.serving import package, serve
+from catsdogs_pl.serving import package, serve, sign
 
 
 def random_export(folder: Path) -> Path:
@@ -131,7 +131,8 @@ def main() -> None:
     shipped = yaml.safe_load(places.MODEL_CONFIG.read_text())
     with tempfile.TemporaryDirectory(prefix="catsdogs-bench-stats-") as name:
         tmp = Path(name)
-        export_dir = args.export_dir or random_export(tmp / "export")
+        os.environ.update(signing.environment(places.home()))  # what the handler verifies by
+        export_dir = args.export_dir or sign.sign_export(random_export(tmp / "export"))
         model_dir = package.stage(export_dir, tmp / "model")
         pre = servable.load(export_dir)[1]
         images = photos(archive, tmp / "photos", pre.image_size)

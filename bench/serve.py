@@ -59,10 +59,10 @@ import torch
 import yaml
 from mlflow import MlflowClient
 
-from catsdogs_pl import places, preprocessing, registry, servable
+from catsdogs_pl import places, preprocessing, registry, servable, signing
 from catsdogs_pl.contracts import Architecture, ForwardPass
 from catsdogs_pl.data import sources
-from catsdogs_pl.serving import package, serve
+from catsdogs_pl.serving import package, serve, sign
 from catsdogs_pl.serving import torchserve as ts
 
 WARMUP_S = 2.0
@@ -126,7 +126,7 @@ def shipped_export(export_dir: Path, out: Path) -> Path:
     arch = Architecture.read(out)
     if "flip_tta" in arch.init_args:
         Architecture(arch.network, {**arch.init_args, "flip_tta": True}).write(out)
-    return out
+    return sign.sign_export(out)
 
 
 def photos(archive: Path, tmp: Path, size: int) -> list[bytes]:
@@ -438,6 +438,7 @@ def main() -> None:
         pre = servable.load(export_dir)[1]
         images = photos(archive, tmp / "photos", pre.image_size)
         # TMPDIR: `torchserve --start/--stop` keep their PID file there, so --stop stops ours
+        os.environ.update(signing.environment(places.home()))  # the user's keys in every home
         os.environ.update(TS_ENV, CATSDOGS_HOME=str(tmp / "home"), TMPDIR=str(tmp))
         if args.netty_threads:  # enable_envvars_config: TS_<PROPERTY> overrides config.properties
             os.environ["TS_NUMBER_OF_NETTY_THREADS"] = str(args.netty_threads)

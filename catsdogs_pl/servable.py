@@ -51,6 +51,7 @@ WEIGHTS = "weights.pt"
 INDEX_TO_NAME = "index_to_name.json"
 ONNX = "model.onnx"  # the same forward pass for OpenVINO and ONNX Runtime, added by package when it can be
 INT8 = "model.int8.onnx"  # model.onnx quantised by NNCF, where the forward gate accepted it
+CARD = "model_card.md"  # what the version is, from its run's figures (training/card.py)
 PARITY = 1e-4  # the most a float32 runtime's probability may differ from eager PyTorch's
 UNITS_ENV = "CATSDOGS_CPU_UNITS"  # overrides what host_units finds: "none", "bf16", "bf16,int8"
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # /proc/cpuinfo: int8 dot-product units
@@ -116,8 +117,8 @@ def export(
 
 def present(folder: Path) -> list[str]:
     """The servable files of `folder`: the four, and the reference, the calibration, model.onnx,
-    the accepted forward pass and its int8 graph when it has them."""
-    optional = (Reference.FILE, Calibration.FILE, ONNX, ForwardPass.FILE, INT8)
+    the accepted forward pass, its int8 graph and the model card when it has them."""
+    optional = (Reference.FILE, Calibration.FILE, ONNX, ForwardPass.FILE, INT8, CARD)
     return [*FILES, *(name for name in optional if (folder / name).exists())]
 
 

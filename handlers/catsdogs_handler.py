@@ -1,5 +1,9 @@
 """TorchServe handler for catsdogs: one bad upload gets its own 400, never a 503 for the batch.
 
+Nothing loads before the unpacked files verify against the export's signature (`model.sig`,
+`catsdogs_signing.py`) with the public key serve gives workers ($CATSDOGS_VERIFY_KEY): a changed,
+added or removed file, another key or no signature fails the worker, its log naming the file.
+
 Everything it loads sits inside the `.mar`: the servable export (`weights.pt`, `architecture.json`,
 `preprocessing.json`, `index_to_name.json`, `reference.json`) and the source files copied from the
 training code (serving/package.py `SOURCES`): `catsdogs_servable.py` builds the network that
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import threading
 import time
 import uuid
@@ -39,6 +44,7 @@ from typing import Any
 import catsdogs_capture as capture
 import catsdogs_preprocessing as preprocessing
 import catsdogs_servable as servable
+import catsdogs_signing as signing
 import catsdogs_stats as stats
 import numpy as np
 import torch
@@ -47,6 +53,7 @@ from catsdogs_preprocessing import BadImage
 _BASE64_PREFIX = "base64,"  # data URLs: data:image/jpeg;base64,...
 QUIET_S = 1.0  # seconds without a batch after which the pending statistics are emitted
 ANSWER_HEADER = "X-Catsdogs-Answer-Id"  # the answer's id, also in its JSON: what feedback names
+log = logging.getLogger(__name__)  # a worker's log lines go to model_log.log
 
 
 def _b64decode(text: str | bytes) -> bytes:
@@ -97,6 +104,10 @@ class CatsDogsHandler:
 
     def initialize(self, context: Any) -> None:
         model_dir = Path(context.system_properties["model_dir"])
+        start = time.perf_counter()
+        key = signing.public_key(None)
+        signing.verify(model_dir, key, signing.archive_files(model_dir))  # before anything loads
+        verified = time.perf_counter()
         config = (getattr(context, "model_yaml_config", None) or {}).get("handler", {})
         threads = int(config.get("torch_threads", 1))
         torch.set_num_threads(threads)
@@ -125,6 +136,13 @@ class CatsDogsHandler:
         self.flusher: threading.Thread | None = None
         self.captures = capture.Store.from_env()  # None unless serve turned capture on
         self.initialized = True
+        log.info(
+            "catsdogs v%s: signature verified with %s in %.1f ms; model loaded in %.1f ms",
+            self.version,
+            key,
+            (verified - start) * 1e3,
+            (time.perf_counter() - verified) * 1e3,
+        )
 
     @staticmethod
     def _no_counts() -> dict[str, np.ndarray]:

@@ -13,18 +13,27 @@ from pathlib import Path
 
 import pytest
 
+from catsdogs_pl import signing
 from tests.helpers.images import make_class_folders
-from tests.helpers.serving import SessionTorchServe, environment, scratch_folder, state_env
+from tests.helpers.serving import (
+    SessionTorchServe,
+    environment,
+    scratch_folder,
+    state_env,
+)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """No test reads or writes ~/.catsdogs, the user's MLFLOW_TRACKING_URI, or talks to a server
     on the default ports: the session has a state folder of its own and TS_* addresses on ports
-    nothing listens on (a test that starts a server gives it a state folder and ports of its own)."""
+    nothing listens on (a test that starts a server gives it a state folder and ports of its own).
+    One signing key pair for the session, so that an export signed in one state folder verifies
+    in another (tests of the pair made on first use unset it)."""
     scratch = scratch_folder()
+    keys = signing.environment(tmp_path_factory.mktemp("keys"))
     try:
-        with environment(state_env(tmp_path_factory.mktemp("catsdogs-home"), scratch)):
+        with environment({**state_env(tmp_path_factory.mktemp("catsdogs-home"), scratch), **keys}):
             yield
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -10,7 +10,7 @@ import torch
 
 from catsdogs_pl import servable
 from catsdogs_pl.contracts import Calibration
-from catsdogs_pl.serving import package
+from catsdogs_pl.serving import package, sign
 from catsdogs_pl.training import calibration
 from tests.helpers.images import image_bytes
 from tests.helpers.serving import FakeContext, load_handler, make_export
@@ -53,6 +53,7 @@ def test_the_handler_divides_the_logits_by_the_exported_temperature(tmp_path: Pa
     assert servable.temperature(plain) == 1.0  # an export made before calibration existed
     export = make_export(tmp_path / "export")
     Calibration(2.5, "val", 10, 0.1, 0.01, 15).write(export)
+    sign.sign_export(export)  # as publish signs after writing it
     model_dir = package.stage(export, tmp_path / "model")
     assert (model_dir / Calibration.FILE).exists()  # package ships it
     handler = load_handler(model_dir, FakeContext(model_dir))

@@ -25,7 +25,7 @@ from catsdogs_pl.data import synthetic
 from catsdogs_pl.data.datamodule import CatsDogsDataModule
 from catsdogs_pl.data.prepare import Settings
 from catsdogs_pl.models.cnn import BaselineCNN
-from catsdogs_pl.serving import package
+from catsdogs_pl.serving import package, sign
 from tests.helpers.serving import ARCH, FakeContext, load_handler
 
 # Written by the code of 3854a71, before the files had a format (tests/data/format1/README.md)
@@ -66,6 +66,7 @@ def test_an_export_of_todays_format_is_served(tmp_path: Path) -> None:
     torch.save(net.state_dict(), export / servable.WEIGHTS)
     loaded, pre = servable.load(export)
     assert type(loaded) is BaselineCNN and pre.image_size == 32
+    sign.sign_export(export)  # what `python -m catsdogs_pl.serving.sign` does to such a version
     staged = package.stage(export, tmp_path / "model")
     handler = load_handler(staged, FakeContext(staged))
     assert handler.classes == ["cat", "dog"] and handler.pre.to_json() == pre.to_json()
@@ -122,6 +123,7 @@ def test_the_served_limit_is_the_prepared_one(tmp_path: Path) -> None:
     dm.prepare_data()
     assert dm.preprocessing.min_side == 48
     export = servable.export(BaselineCNN(**ARCH), dm.preprocessing, tmp_path / "export")
+    sign.sign_export(export)
     staged = package.stage(export, tmp_path / "model")
     context = FakeContext(staged)
     handler = load_handler(staged, context)

@@ -25,7 +25,7 @@ from catsdogs_pl.data.datamodule import CatsDogsDataModule
 from catsdogs_pl.data.prepare import Settings, read_manifest
 from catsdogs_pl.models.cnn import BaselineCNN
 from catsdogs_pl.monitoring import drift, monitor, reference, stats
-from catsdogs_pl.serving import deploy, package
+from catsdogs_pl.serving import deploy, package, sign
 from catsdogs_pl.serving import torchserve as ts
 from tests.helpers.images import image_bytes
 from tests.helpers.serving import ARCH, SIZE
@@ -59,7 +59,7 @@ def _version_with_reference(tmp_path: Path) -> tuple[Path, list[bytes]]:
     ref = reference.build(
         images, dm.original_sizes("val"), probs, dm.datasets["val"].labels, dm.classes
     )
-    folder = servable.export(net, dm.preprocessing, tmp_path / "export", ref)
+    folder = sign.sign_export(servable.export(net, dm.preprocessing, tmp_path / "export", ref))
     mar = package.build_mar(folder, VERSION, places.model_store())
     manifest = read_manifest(tmp_path / "prep" / "manifest.csv")
     tests = [(src / r.relpath).read_bytes() for r in manifest if r.split == "test"]

@@ -19,7 +19,7 @@ from catsdogs_pl.contracts import Architecture, ForwardPass
 from catsdogs_pl.fit import main
 from catsdogs_pl.models.backbone import TorchvisionNet
 from catsdogs_pl.models.efficientnet_lite import EfficientNetLite
-from catsdogs_pl.serving import deploy, package
+from catsdogs_pl.serving import deploy, package, sign
 from catsdogs_pl.serving import torchserve as ts
 from catsdogs_pl.serving.predict import predict
 from catsdogs_pl.training import forward_gate
@@ -67,6 +67,7 @@ def test_export_and_handler_rebuild_the_pretrained_network(
     x = torch.randn(3, 3, 64, 64)
     with torch.inference_mode():
         assert torch.allclose(loaded(x), net(x))
+    sign.sign_export(folder)
     model_dir = package.stage(folder, tmp_path / "model")
     handler = load_handler(model_dir, FakeContext(model_dir))
     pixels, _ = handler.decode(image_bytes(1, (90, 70)))

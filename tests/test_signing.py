@@ -103,5 +103,6 @@ def test_an_unsigned_export_is_refused_with_what_to_do(
     tmp_path: Path, keys: tuple[Path, Path]
 ) -> None:
     folder = make_export(tmp_path / "export")
+    (folder / signing.SIGNATURE).unlink()  # as a version registered before signing
     with pytest.raises(signing.SignatureError, match="has no model.sig: it was not signed"):
         signing.verify(folder, keys[1])

@@ -17,7 +17,9 @@ knows where to go back to; the registry version gets the tag `default_since` (th
 (`catsdogs_vN-<key>.mar`, see package), and a version registered from another archive (another
 tracking store's "vN") is registered again. A bounded lifecycle: the default and the `--keep`
 (default 1) newest previous defaults stay registered with their workers; older ones are
-unregistered, their archives kept for rollback.
+unregistered, their archives kept for rollback. Every archive is verified against its signature
+before it is registered (package.verify_archive): one that does not verify changes nothing on the
+server, and the call says what verified the one it registered.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from catsdogs_pl.errors import CatsDogsError, ConfigError, exit_code
 from catsdogs_pl.registry import MlflowSettings
 from catsdogs_pl.serving import gate
 from catsdogs_pl.serving import torchserve as ts
-from catsdogs_pl.serving.package import package_version, read_forward
+from catsdogs_pl.serving.package import package_version, read_forward, verify_archive
 
 KEEP = 1  # previous defaults that stay registered with workers, for an instant rollback
 
@@ -178,9 +180,10 @@ def deploy_version(
     changed."""
     mlflow = mlflow or MlflowSettings.from_config()
     version, mar = package_version(version, alias, run_id, mlflow=mlflow)
+    verified = verify_archive(mar)  # an archive in the model store may be older, or swapped
     previous = _default_archive()
     registered = _register(version, mar)
-    return _make_default(version, mar, previous, registered, mlflow, keep)
+    return f"{verified}; {_make_default(version, mar, previous, registered, mlflow, keep)}"
 
 
 def deploy_gated(
@@ -201,6 +204,7 @@ def deploy_gated(
     mlflow = mlflow or MlflowSettings.from_config()
     archives = set(places.model_store().glob("*.mar"))
     version, mar = package_version(version, alias, run_id, mlflow=mlflow)
+    verified = verify_archive(mar)
     photos = gate.load_photos(folder, gate.archive_classes(mar))
     previous = _default_archive()
     registered = _register(version, mar)  # beside the default, which TorchServe keeps
@@ -218,9 +222,8 @@ def deploy_gated(
             mar.unlink(missing_ok=True)  # packaged for the gate alone
     figures = gate.explain(candidate, baseline, tolerance, folder)
     if passed:
-        return True, f"gate passed v{version}: {figures}; " + _make_default(
-            version, mar, previous, registered, mlflow, keep
-        )
+        made = _make_default(version, mar, previous, registered, mlflow, keep)
+        return True, f"gate passed v{version}: {figures}; {verified}; {made}"
     kept = f"v{baseline_version}" if baseline_version else "none"
     undone = f"; v{version} unregistered again" if registered else ""
     return False, f"gate refused v{version}: {figures}; default stays {kept}{undone}"
@@ -246,13 +249,14 @@ def rollback(mlflow: MlflowSettings | None = None, keep: int = KEEP) -> str:
                 "deploy that version again"
             )
         target = places.archive_version(mar.name)
+        verified = verify_archive(mar)
         _register(target, mar)
         _set_default(target)
         places.save_deployment_history(history)
         _retire([*history, current] if current else history, keep)  # the one it left is recent
     was = places.archive_version(current) if current else None
     tags = _tag_default(mlflow or MlflowSettings.from_config(), target, was)
-    return f"catsdogs: default rolled back from v{was} to v{target}{tags}"
+    return f"{verified}; catsdogs: default rolled back from v{was} to v{target}{tags}"
 
 
 def scale(workers: int) -> str:

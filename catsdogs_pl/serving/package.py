@@ -6,6 +6,9 @@ source files it imports (copied from the training code under names of their own)
 `identity.json`: registered model, version, run id and the weights' digest. The key in its name
 is a digest of that identity, so "v1" of another tracking store is another archive, and
 TorchServe's modelUrl says which one it serves.
+
+An export that does not verify against its signature (catsdogs_pl/signing.py) is refused before
+anything is archived, and so is an archive that does not (`verify_archive`, what deploy runs).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from catsdogs_pl import places, registry, servable
+from catsdogs_pl import places, registry, servable, signing
 from catsdogs_pl.contracts import ForwardPass
 from catsdogs_pl.errors import CatsDogsError, exit_code
 
@@ -34,6 +37,7 @@ SOURCES = {  # file shipped in the .mar -> where it comes from; the handler impo
     "catsdogs_capture.py": CODE / "capture.py",
     "catsdogs_errors.py": CODE / "errors.py",
     "catsdogs_preprocessing.py": CODE / "preprocessing.py",
+    "catsdogs_signing.py": CODE / "signing.py",
     "catsdogs_stats.py": CODE / "monitoring" / "stats.py",
     **{f"catsdogs_{m}.py": CODE / "models" / f"{m}.py" for m in servable.NETWORKS.values()},
 }
@@ -77,20 +81,28 @@ def read_forward(mar: Path) -> str:
 
 
 def stage(export_dir: Path, out: Path) -> Path:
-    """The model folder exactly as TorchServe unpacks it: handler, sources, servable files, and
-    model.onnx where the exporter is installed and its answers match eager PyTorch's (a
-    published export brings it with the forward pass its gate accepted, forward.json)."""
-    net, pre = servable.load(export_dir)  # refuse a broken export before it reaches a server
-    out.mkdir(parents=True, exist_ok=True)
-    for name in servable.present(export_dir):
-        shutil.copy(export_dir / name, out / name)
+    """The model folder exactly as TorchServe unpacks it: handler, sources, and every file of
+    the export with its signature, once they verify with the state folder's public key (or
+    $CATSDOGS_VERIFY_KEY) and load."""
+    signing.verify(export_dir, signing.public_key(places.home()))
+    servable.load(export_dir)  # refuse a broken export before it reaches a server
+    shutil.copytree(export_dir, out, dirs_exist_ok=True)  # what was signed, no more, no less
     for name, source in SOURCES.items():
         shutil.copy(source, out / name)
     shutil.copy(places.HANDLER, out / places.HANDLER.name)
     shutil.copy(places.MODEL_CONFIG, out / places.MODEL_CONFIG.name)
-    if not (out / servable.ONNX).exists():
-        servable.export_onnx(net, pre.image_size, out)
     return out
+
+
+def verify_archive(mar: Path) -> str:
+    """Refuse `mar` unless its export's files are the signed ones (as a worker checks them);
+    says what verified them."""
+    key = signing.public_key(places.home())
+    with tempfile.TemporaryDirectory() as tmp:
+        with zipfile.ZipFile(mar) as zf:
+            zf.extractall(tmp)
+        signing.verify(Path(tmp), key, signing.archive_files(Path(tmp)))
+    return f"signature verified with {key}"
 
 
 def build_mar(
@@ -103,8 +115,8 @@ def build_mar(
     with tempfile.TemporaryDirectory() as tmp:
         staged = stage(export_dir, Path(tmp) / "model")
         (staged / IDENTITY).write_text(json.dumps(asdict(identity), indent=2))
-        files = (*servable.present(staged), *SOURCES, IDENTITY)
-        extra = [staged / n for n in files if n != servable.WEIGHTS]
+        own = (servable.WEIGHTS, places.HANDLER.name, places.MODEL_CONFIG.name)  # named below
+        extra = [p for p in staged.iterdir() if p.name not in own]
         cmd = [
             sys.executable,
             "-m",

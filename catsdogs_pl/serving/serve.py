@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from catsdogs_pl import capture, errors, places, prometheus
+from catsdogs_pl import capture, errors, places, prometheus, signing
 from catsdogs_pl.serving import torchserve as ts
 
 METRICS_CONFIG = places.ROOT / "configs" / "torchserve" / "metrics.yaml"
@@ -54,6 +54,8 @@ def _prepare(mar: Path | None) -> tuple[list[str], dict[str, str], Path]:
         "METRICS_LOCATION": str(home / "logs"),
         "OMP_WAIT_POLICY": "PASSIVE",  # spinning OpenMP threads starve other workers (bench/serve.py)
         capture.ENV: capture.settings(places.capture_properties(), places.captures()),
+        # what workers verify every archive by before they load it (the handler refuses without)
+        signing.PUBLIC_ENV: str(signing.public_key_file(places.home())),
         # TorchServe binds where every client of ours looks (CATSDOGS_BIND_HOST included)
         **{f"TS_{k.upper()}_ADDRESS": places.address(k, bind=True) for k in places.ADDRESS_KINDS},
     }

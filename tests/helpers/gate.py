@@ -13,6 +13,7 @@ from PIL import Image
 
 from catsdogs_pl import places, preprocessing, registry, servable
 from catsdogs_pl.models.cnn import BaselineCNN
+from catsdogs_pl.serving import sign
 from tests.helpers.serving import ARCH, SIZE
 
 CLASSES = ["cat", "dog"]
@@ -67,6 +68,7 @@ def register_versions(home: Path, nets: list[BaselineCNN]) -> list[str]:
     for i, net in enumerate(nets):
         run = client.create_run(experiment)
         folder = servable.export(net, preprocessing.spec(SIZE, CLASSES), home / f"gate-export{i}")
+        sign.sign_export(folder)  # as publish signs every version
         client.log_artifacts(run.info.run_id, str(folder), "servable")
         registered = registry.register(
             client, places.MODEL_NAME, "servable", run.info.run_id, {}, "gate test"

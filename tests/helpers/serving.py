@@ -20,7 +20,7 @@ from mlflow.entities.model_registry import ModelVersion
 
 from catsdogs_pl import places, preprocessing, registry, servable
 from catsdogs_pl.models.cnn import BaselineCNN
-from catsdogs_pl.serving import deploy, package, serve
+from catsdogs_pl.serving import deploy, package, serve, sign
 from catsdogs_pl.serving import torchserve as ts
 from tests.helpers.ports import torchserve_ports
 
@@ -29,12 +29,13 @@ ARCH = {"num_classes": 2, "width": 4, "depth": 2, "blocks_per_stage": 1, "dropou
 
 
 def make_export(folder: Path, seed: int = 0) -> Path:
-    """A servable export of a small random network (distinct seeds give distinct weights)."""
+    """A signed servable export of a small random network, with model.onnx where it exports
+    (distinct seeds give distinct weights)."""
     torch.manual_seed(seed)
     net = BaselineCNN(**ARCH)
     for p in net.parameters():  # random BN scales too, so outputs differ between seeds
         torch.nn.init.normal_(p, std=0.3)
-    return servable.export(net, preprocessing.spec(SIZE, ["cat", "dog"]), folder)
+    return sign.sign_export(servable.export(net, preprocessing.spec(SIZE, ["cat", "dog"]), folder))
 
 
 class FakeMetrics:

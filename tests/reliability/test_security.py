@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from catsdogs_pl import servable
-from catsdogs_pl.serving import package
+from catsdogs_pl import servable, signing
+from catsdogs_pl.serving import package, sign
 from catsdogs_pl.serving import torchserve as ts
 from tests.helpers.serving import FakeContext, load_handler, make_export
 
@@ -72,10 +72,13 @@ class _Payload:
 
 def test_weights_are_never_unpickled(tmp_path: Path) -> None:
     """A weights.pt that runs code when unpickled is refused by servable.load, by package (before
-    it reaches a server) and by the handler inside TorchServe: weights_only loading."""
+    it reaches a server) and by the handler inside TorchServe: weights_only loading, even where
+    whoever wrote it held the signing key. Swapped in after signing, the signature refuses it
+    before anything is unpickled."""
     folder = make_export(tmp_path / "export")
     marker = tmp_path / "code-ran"
     torch.save({"weight": _Payload(marker)}, folder / servable.WEIGHTS)
+    sign.sign_export(folder)  # signed by the key's holder: the signature cannot help here
     refused = "Weights only load failed"
     with pytest.raises(pickle.UnpicklingError, match=refused):
         servable.load(folder)
@@ -85,7 +88,10 @@ def test_weights_are_never_unpickled(tmp_path: Path) -> None:
         package.stage(folder, tmp_path / "refused")
     staged = package.stage(make_export(tmp_path / "good"), tmp_path / "model")
     shutil.copy(folder / servable.WEIGHTS, staged / servable.WEIGHTS)  # swapped inside a .mar
-    with pytest.raises(pickle.UnpicklingError, match=refused):
+    with pytest.raises(ValueError, match="Hash mismatch for 'weights.pt'"):  # the .mar's class
+        load_handler(staged, FakeContext(staged))
+    shutil.copy(folder / signing.SIGNATURE, staged / signing.SIGNATURE)  # the same seed: only
+    with pytest.raises(pickle.UnpicklingError, match=refused):  # the weights differ
         load_handler(staged, FakeContext(staged))
     assert not marker.exists()
     pickle.loads(pickle.dumps(_Payload(marker)))  # the payload is real: plain pickle runs it
