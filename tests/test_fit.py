@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from lightning.pytorch import Callback
 from mlflow import MlflowClient
 
@@ -83,7 +84,7 @@ def test_demo_fit_logs_registers_and_exports(fit_args: list[str], tmp_path: Path
     found = artifacts(client, run.info.run_id)
     expected = {"config.yaml", "data/summary.json"} | {f"servable/{f}" for f in servable.FILES}
     expected |= {f"plots/{p}.png" for p in ("learning_curves", "confusion_matrix", "roc_curve")}
-    expected |= {"plots/confident_mistakes.png"}
+    expected |= {"plots/confident_mistakes.png", f"servable/{servable.CARD}"}
     assert expected <= found
     assert any(f.startswith("checkpoints/best-epoch") for f in found)
 
@@ -98,6 +99,14 @@ def test_demo_fit_logs_registers_and_exports(fit_args: list[str], tmp_path: Path
     net, pre = servable.load(local)
     assert pre.classes == ("cat", "dog") and pre.image_size == 32
     signing.verify(local, signing.public_key(places.home()))  # signed as registered, every file
+    # the model card, signed with the rest: huggingface_hub reads the run's own figures back
+    scores = {
+        r.metric_name: r.metric_value
+        for r in ModelCard((local / servable.CARD).read_text()).data.eval_results
+    }
+    assert scores[TEST_ACC] == pytest.approx(run.data.metrics[TEST_ACC], rel=1e-9)
+    assert scores[VAL_ACC] == pytest.approx(run.data.metrics["val/acc_best"], rel=1e-6)
+    assert scores[TEST_ECE_SERVED] == pytest.approx(run.data.metrics[TEST_ECE_SERVED], rel=1e-9)
     assert net(torch.zeros(3, 3, 32, 32)).shape == (3, 2)
 
     # the monitoring reference: the validation split, in the run and in the archive alike
@@ -117,7 +126,7 @@ def test_demo_fit_logs_registers_and_exports(fit_args: list[str], tmp_path: Path
         _, mar = package.package_version(summary.version, mlflow=uri)
     assert reference.from_mar(mar) == logged
     with zipfile.ZipFile(mar) as archive:
-        assert Calibration.FILE in archive.namelist()
+        assert {Calibration.FILE, servable.CARD} <= set(archive.namelist())
 
 
 @pytest.mark.slow  # trains demo.yaml unshrunk: about a minute

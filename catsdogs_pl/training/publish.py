@@ -1,6 +1,7 @@
 """What a finished fit leaves in MLflow, one step per function: the data it saw, the calibration
-of its served confidence, the evaluation plots, the servable export (with the monitoring reference,
-signed: catsdogs_pl/signing.py) and the logged model, and the registry version with its alias.
+of its served confidence, the evaluation plots, the servable export (with the monitoring reference
+and the model card, signed: catsdogs_pl/signing.py) and the logged model, and the registry version
+with its alias.
 
 `publish` runs the steps in order on the best checkpoint's weights and returns a `FitSummary`.
 """
@@ -23,18 +24,18 @@ from mlflow.models.model import ModelInfo
 from catsdogs_pl import places, registry, servable, signing
 from catsdogs_pl.contracts import Calibration, ForwardPass, Reference
 from catsdogs_pl.data.datamodule import CatsDogsDataModule
+from catsdogs_pl.data.prepare import read_manifest
 from catsdogs_pl.models.classifier import (
     TEST_ACC,
-    TEST_ECE,
     TRAIN_LOSS,
     VAL_ACC,
     VAL_LOSS,
     CatsDogsClassifier,
 )
 from catsdogs_pl.monitoring import reference
-from catsdogs_pl.training import calibration, forward_gate, plots
+from catsdogs_pl.training import calibration, card, forward_gate, plots
+from catsdogs_pl.training.card import TEST_ECE_SERVED
 
-TEST_ECE_SERVED = TEST_ECE + "_served"  # the same, of the probabilities served (calibrated)
 VAL_ECE = "val/ece"  # of the served probabilities on the split the temperature was fitted on
 TEMPERATURE = "calibration/temperature"
 Predictions = tuple[np.ndarray, np.ndarray, np.ndarray]  # images, targets, probabilities
@@ -144,13 +145,17 @@ def log_servable(
     calibrated: Calibration,
     tta: dict[str, Any],
     test_labels: np.ndarray,
+    figures: card.Figures,
 ) -> tuple[ModelInfo, ForwardPass]:
-    """The servable export with its monitoring reference, its calibration and the forward pass
-    the gate accepted (what `package` archives), signed (model.sig), and the network as an MLflow model (what the registry version
-    points at). The gate's figures also go to the run as `forward/...` metrics."""
+    """The servable export with its monitoring reference, its calibration, the forward pass the
+    gate accepted and the model card (what `package` archives), signed (model.sig), and the
+    network as an MLflow model (what the registry version points at). The gate's figures also
+    go to the run as `forward/...` metrics."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = servable.export(net, dm.preprocessing, Path(tmp), reference, calibrated)
         forward = forward_gate.accept(net, dm, folder, tta, test_labels)
+        arch = servable.architecture(net)
+        card.write(folder, run_id, arch, dm.summary, figures, calibrated, forward)
         signing.sign(folder, signing.private_key(places.home()))  # every file, model.onnx too
         client.log_artifacts(run_id, str(folder), "servable")
     for rung in forward.rungs:
@@ -230,8 +235,15 @@ def publish(
         client.log_metric(run_id, key, value)
     log_evaluation_plots(client, run_id, test, dm.classes)
     monitored = monitoring_reference(val, dm)
+    eager = test[2].argmax(1)  # eager float32's answers on the test split, flip TTA as chosen
+    figures = card.Figures(
+        test=metrics,
+        val_accuracy=float(trainer.checkpoint_callback.best_model_score),
+        eager_accuracy=float((eager == test[1]).mean()),
+        feedback=card.feedback_labels(read_manifest(dm.out / "manifest.csv")),
+    )
     info, forward = log_servable(
-        client, run_id, tracking_uri, model.net, dm, monitored, fitted, tta, test[2].argmax(1)
+        client, run_id, tracking_uri, model.net, dm, monitored, fitted, tta, eager, figures
     )
     version, moved, reason = register(
         client, run_id, store.registered_model, info, model.net, dm, metrics, forward
