@@ -25,7 +25,7 @@ from catsdogs_pl.fit import main
 from catsdogs_pl.models.classifier import TEST_ACC, TEST_ECE, VAL_ACC, class_accuracy
 from catsdogs_pl.monitoring import reference
 from catsdogs_pl.registry import MlflowSettings
-from catsdogs_pl.serving import package
+from catsdogs_pl.serving import deploy, package
 from catsdogs_pl.training.fit import RUN_CONFIG, find_last_checkpoint
 from catsdogs_pl.training.publish import TEMPERATURE, TEST_ECE_SERVED, VAL_ECE
 from tests.helpers.serving import environment
@@ -124,9 +124,11 @@ def test_demo_fit_logs_registers_and_exports(fit_args: list[str], tmp_path: Path
     with environment({"CATSDOGS_HOME": str(tmp_path / "home")}):
         uri = MlflowSettings(tracking_uri=summary.tracking_uri)
         _, mar = package.package_version(summary.version, mlflow=uri)
+        printed = deploy.card(summary.version, uri)  # `deploy list --card N`: from the archive
     assert reference.from_mar(mar) == logged
     with zipfile.ZipFile(mar) as archive:
         assert {Calibration.FILE, servable.CARD} <= set(archive.namelist())
+    assert printed == (local / servable.CARD).read_text()
 
 
 @pytest.mark.slow  # trains demo.yaml unshrunk: about a minute

@@ -8,6 +8,7 @@
                                                              request; else exit 1, default kept
   deploy rollback                                            the previous default again
   deploy list                                                versions, default, workers, retired
+  deploy list --card N                                       version N's model card (verified)
   deploy scale --workers K                                   workers of the default version
 
 Each call says what changed. The archives deploy made the default are kept, oldest first, in
@@ -28,12 +29,13 @@ import argparse
 import sys
 import time
 import urllib.parse
+import zipfile
 from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 
-from catsdogs_pl import places, registry
-from catsdogs_pl.errors import CatsDogsError, ConfigError, exit_code
+from catsdogs_pl import places, registry, servable
+from catsdogs_pl.errors import CatsDogsError, ConfigError, MissingError, exit_code
 from catsdogs_pl.registry import MlflowSettings
 from catsdogs_pl.serving import gate
 from catsdogs_pl.serving import torchserve as ts
@@ -297,6 +299,17 @@ def listing() -> str:
     return "\n".join(lines) or "no catsdogs version is registered"
 
 
+def card(version: str, mlflow: MlflowSettings | None = None) -> str:
+    """The model card of registry version `version`, read from its archive (packaged if needed)
+    once the archive verifies: what `deploy` would serve is what it describes."""
+    version, mar = package_version(version, mlflow=mlflow or MlflowSettings.from_config())
+    verify_archive(mar)
+    with zipfile.ZipFile(mar) as zf:
+        if servable.CARD not in zf.namelist():
+            raise MissingError(f"v{version} has no {servable.CARD}: published before cards were")
+        return zf.read(servable.CARD).decode()
+
+
 def _add_keep_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--keep",
@@ -316,7 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     back = sub.add_parser("rollback", help="make the previous default the default again")
     _add_keep_argument(back)
     registry.add_store_arguments(back)
-    sub.add_parser("list", help="registered versions, their workers, the retired ones")
+    listed = sub.add_parser("list", help="registered versions, their workers, the retired ones")
+    listed.add_argument("--card", metavar="N", help="print version N's model card instead")
+    registry.add_store_arguments(listed)
     scaling = sub.add_parser("scale", help="set the workers of the default version")
     scaling.add_argument("--workers", type=int, required=True)
     registry.add_version_arguments(parser, required=False)  # deploying needs one: checked below
@@ -344,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "rollback":
         print(rollback(registry.store_of(args), args.keep))
     elif args.command == "list":
-        print(listing())
+        print(card(args.card, registry.store_of(args)) if args.card else listing())
     elif args.command == "scale":
         print(scale(args.workers))
     elif args.gate:

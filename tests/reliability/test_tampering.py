@@ -16,6 +16,7 @@ import pytest
 from mlflow import MlflowClient
 
 from catsdogs_pl import places, registry, servable, signing
+from catsdogs_pl.errors import exit_code
 from catsdogs_pl.serving import deploy, package, sign
 from catsdogs_pl.serving import torchserve as ts
 from tests.helpers.gate import brightness_net, delete_versions, register_versions
@@ -205,3 +206,10 @@ def test_a_version_registered_before_signing_is_signed_once_then_served(
             history.unlink(missing_ok=True)
         else:
             history.write_text(before)
+
+
+@pytest.mark.integration
+def test_a_version_without_a_card_says_so(served: Path, capsys) -> None:
+    """v1 of the session registry is an export made without publish: no model card."""
+    assert exit_code(deploy.main, ["list", "--card", "1"]) == 2
+    assert "v1 has no model_card.md: published before cards were" in capsys.readouterr().err
