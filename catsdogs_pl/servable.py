@@ -49,7 +49,7 @@ else:  # catsdogs_servable.py inside a .mar (serving/package.py ships them all)
 
 WEIGHTS = "weights.pt"
 INDEX_TO_NAME = "index_to_name.json"
-ONNX = "model.onnx"  # the same forward pass for OpenVINO and ONNX Runtime, added by package when it can be
+ONNX = "model.onnx"  # the same forward pass for OpenVINO and ONNX Runtime, exported where it can be
 INT8 = "model.int8.onnx"  # model.onnx quantised by NNCF, where the forward gate accepted it
 CARD = "model_card.md"  # what the version is, from its run's figures (training/card.py)
 PARITY = 1e-4  # the most a float32 runtime's probability may differ from eager PyTorch's

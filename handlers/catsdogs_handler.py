@@ -115,7 +115,7 @@ class CatsDogsHandler:
         self.net, self.pre = servable.load(model_dir, weights)
         self.classes = list(self.pre.classes)
         # the forward pass: the bf16 or int8 one the forward gate accepted (forward.json) where
-        # this CPU has the units; else, where the .mar holds model.onnx (package checked its
+        # this CPU has the units; else, where the .mar holds model.onnx (its exporter checked its
         # answers against eager PyTorch under each runtime), the fastest here of eager, OpenVINO
         # and ONNX Runtime in float32
         batch = int(context.system_properties.get("batch_size") or 8)
