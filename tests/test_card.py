@@ -70,6 +70,7 @@ ARCH = Architecture("EfficientNetLite", {"variant": "lite2", "frozen_blocks": 7}
 
 def build(tmp_path: Path, **changed: object) -> str:
     parts = {"data": DATA, "figures": FIGURES, "calibrated": FITTED, "forward": FORWARD}
+    parts["cost"] = (361.4, "batch 8, 1 thread(s), openvino bf16")
     path = card.write(tmp_path, "run123", ARCH, **{**parts, **changed})
     assert path == tmp_path / servable.CARD
     return path.read_text()
@@ -126,6 +127,8 @@ def test_the_body_holds_intervals_counts_and_limits(tmp_path: Path) -> None:
     assert "## Intended use and limits" in text and "other animals" in text
     assert "not photos" in text
     assert "0.5000" in text and "run123" in text and "lite2" in text
+    assert "Cost: 361.4 images/s of the forward pass alone (one pass per image)" in text
+    assert "(batch 8, 1 thread(s), openvino bf16)" in text
 
 
 def test_a_changed_figure_changes_the_card(tmp_path: Path) -> None:

@@ -106,6 +106,8 @@ def test_demo_fit_logs_registers_and_exports(fit_args: list[str], tmp_path: Path
     }
     assert scores[TEST_ACC] == pytest.approx(run.data.metrics[TEST_ACC], rel=1e-9)
     assert scores[VAL_ACC] == pytest.approx(run.data.metrics["val/acc_best"], rel=1e-6)
+    cost = re.search(r"Cost: ([\d.]+) images/s", (local / servable.CARD).read_text())
+    assert cost and float(cost.group(1)) > 0  # timed at publish, not typed
     assert scores[TEST_ECE_SERVED] == pytest.approx(run.data.metrics[TEST_ECE_SERVED], rel=1e-9)
     assert net(torch.zeros(3, 3, 32, 32)).shape == (3, 2)
 

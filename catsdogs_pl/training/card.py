@@ -204,7 +204,7 @@ def robustness_section(run_id: str, forward: ForwardPass) -> list[str]:
     ]
 
 
-def serving_section(forward: ForwardPass) -> list[str]:
+def serving_section(forward: ForwardPass, cost: tuple[float, str]) -> list[str]:
     rows = []
     for rung in forward.rungs:
         if "skipped" in rung:
@@ -228,8 +228,9 @@ def serving_section(forward: ForwardPass) -> list[str]:
         "",
         *table(("precision", "verdict", "agreement", "test accuracy", "shift-set accuracy"), rows),
         "",
-        f"Cost: {passes} per image. Publish measures no throughput: `python "
-        "bench/forward_passes.py` does.",
+        f"Cost: {cost[0]:.1f} images/s of the forward pass alone ({passes} per image), timed "
+        f"at publish on its host as a worker loads it ({cost[1]}); "
+        "decoding and the server come on top: `python bench/serve.py` measures requests/s.",
     ]
 
 
@@ -279,15 +280,17 @@ def write(
     figures: Figures,
     calibrated: Calibration,
     forward: ForwardPass,
+    cost: tuple[float, str],
 ) -> Path:
-    """`folder/servable.CARD`: the card of the export in `folder`, from its run's figures."""
+    """`folder/servable.CARD`: the card of the export in `folder`, from its run's figures;
+    `cost`: the served forward pass's images/s and how it was timed."""
     sections = [
         [f"# catsdogs {architecture.network}: {' vs '.join(data.classes)}"],
         data_section(data),
         evaluation_section(data, figures, forward),
         calibration_section(calibrated, figures),
         robustness_section(run_id, forward),
-        serving_section(forward),
+        serving_section(forward, cost),
         feedback_section(figures.feedback),
         limits_section(data.classes),
         provenance_section(run_id, architecture, data),

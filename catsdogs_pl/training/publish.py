@@ -18,11 +18,12 @@ import lightning as L
 import mlflow
 import numpy as np
 import torch
+import yaml
 from mlflow import MlflowClient
 from mlflow.models.model import ModelInfo
 
 from catsdogs_pl import places, registry, servable, signing
-from catsdogs_pl.contracts import Calibration, ForwardPass, Reference
+from catsdogs_pl.contracts import Calibration, ForwardPass, Preprocessing, Reference
 from catsdogs_pl.data.datamodule import CatsDogsDataModule
 from catsdogs_pl.data.prepare import read_manifest
 from catsdogs_pl.models.classifier import (
@@ -39,6 +40,7 @@ from catsdogs_pl.training.card import TEST_ECE_SERVED
 VAL_ECE = "val/ece"  # of the served probabilities on the split the temperature was fitted on
 TEMPERATURE = "calibration/temperature"
 Predictions = tuple[np.ndarray, np.ndarray, np.ndarray]  # images, targets, probabilities
+COST_BATCH = 8  # images per forward pass when the card's serving cost is timed
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,8 @@ def log_servable(
         folder = servable.export(net, dm.preprocessing, Path(tmp), reference, calibrated)
         forward = forward_gate.accept(net, dm, folder, tta, test_labels)
         arch = servable.architecture(net)
-        card.write(folder, run_id, arch, dm.summary, figures, calibrated, forward)
+        cost = serving_cost(net, folder)
+        card.write(folder, run_id, arch, dm.summary, figures, calibrated, forward, cost)
         signing.sign(folder, signing.private_key(places.home()))  # every file, model.onnx too
         client.log_artifacts(run_id, str(folder), "servable")
     for rung in forward.rungs:
@@ -178,6 +181,23 @@ def log_servable(
         warnings.filterwarnings("ignore", "No complete tensor found in the group", UserWarning)
         info = mlflow.pytorch.log_model(net.cpu().eval(), name="model", input_example=example)
     return info, forward
+
+
+def serving_cost(net: torch.nn.Module, folder: Path) -> tuple[float, str]:
+    """Images/s of the forward pass a worker will serve from `folder`, chosen and timed as one
+    loads it (model-config.yaml's torch_threads, a batch of COST_BATCH), and how: the card's
+    cost figure, measured on the publishing host."""
+    threads = int(yaml.safe_load(places.MODEL_CONFIG.read_text())["handler"]["torch_threads"])
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        forward = servable.forward(folder, net.eval(), "auto", threads, COST_BATCH)
+        size = Preprocessing.read(folder).image_size
+        seconds = servable.seconds(forward, torch.zeros(COST_BATCH, 3, size, size))
+    finally:
+        torch.set_num_threads(before)
+    runtime = f"{getattr(forward, 'runtime', 'eager')} {getattr(forward, 'precision', 'f32')}"
+    return COST_BATCH / seconds, f"batch {COST_BATCH}, {threads} thread(s), {runtime}"
 
 
 def register(
