@@ -59,7 +59,12 @@ RUNGS = [
     {
         "precision": "f32",
         "test": {"accuracy": 0.94, "eager_accuracy": 0.95, "photos": 100},
-        "shifts": {"accuracy": 0.91, "eager_accuracy": 0.91, "photos": 2200},
+        "shifts": {
+            "accuracy": 0.91,
+            "eager_accuracy": 0.91,
+            "photos": 2200,
+            "by_shift": {"greyscale": {"accuracy": 0.85, "eager_accuracy": 0.86, "photos": 200}},
+        },
         "agreement": 0.998,
         "accepted": True,
     },
@@ -127,6 +132,7 @@ def test_the_body_holds_intervals_counts_and_limits(tmp_path: Path) -> None:
     assert "## Intended use and limits" in text and "other animals" in text
     assert "not photos" in text
     assert "0.5000" in text and "run123" in text and "lite2" in text
+    assert "| `greyscale` | 0.8600 | 0.8500 | 200 |" in text  # the served rung's, per shift
     assert "Cost: 361.4 images/s of the forward pass alone (one pass per image)" in text
     assert "(batch 8, 1 thread(s), openvino bf16)" in text
 

@@ -18,7 +18,7 @@ from catsdogs_pl.contracts import ForwardPass
 from catsdogs_pl.data.datamodule import CatsDogsDataModule
 from catsdogs_pl.models.cnn import BaselineCNN
 from catsdogs_pl.serving import package, sign
-from catsdogs_pl.training import forward_gate
+from catsdogs_pl.training import forward_gate, robustness
 from tests.helpers.serving import ARCH, SIZE, FakeContext, load_handler
 from tests.test_datamodule import prepared
 
@@ -72,6 +72,10 @@ def test_bf16_is_served_where_it_agrees(
     assert [r["precision"] for r in chosen.rungs] == ["bf16"]  # the ladder stops at the first
     assert not (tmp_path / servable.INT8).exists()
     assert ForwardPass.read(tmp_path) == chosen
+    shifts = chosen.rungs[0]["shifts"]
+    by_shift = shifts.pop("by_shift")  # each shift's share of the set, for the model card
+    assert list(by_shift) == list(robustness.SHIFTS)[1:]
+    assert sum(f["photos"] for f in by_shift.values()) == shifts["photos"]
     report("forward gate, bf16 rung", chosen.rungs[0])
 
 

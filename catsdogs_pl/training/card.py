@@ -193,10 +193,17 @@ def robustness_section(run_id: str, forward: ForwardPass) -> list[str]:
         said = (
             "The forward gate scored no shifted photos (no rung was tried, or the source is gone)."
         )
+    rung = served_rung(forward) or next(iter(tried), {})
+    rows = [
+        [f"`{kind}`", f"{f['eager_accuracy']:.4f}", f"{f['accuracy']:.4f}", f["photos"]]
+        for kind, f in rung.get("shifts", {}).get("by_shift", {}).items()
+    ]
+    shown = table(("shift", "eager float32", rung.get("precision", ""), "photos"), rows)
     return [
         "## Robustness",
         "",
         said,
+        *(["", *shown] if rows else []),
         "",
         "The accuracy under each shift on the whole test split: `python -m "
         f"catsdogs_pl.training.robustness --run-id {run_id}` (then in this run as "
