@@ -106,7 +106,15 @@ class CatsDogsHandler:
         model_dir = Path(context.system_properties["model_dir"])
         start = time.perf_counter()
         key = signing.public_key(None)
-        signing.verify(model_dir, key, signing.archive_files(model_dir))  # before anything loads
+        version = str(context.manifest["model"].get("modelVersion", ""))
+        try:
+            signing.verify(model_dir, key, signing.archive_files(model_dir))  # before any load
+        except signing.SignatureError:
+            from ts.metrics.dimension import Dimension
+
+            dims = [Dimension("model_version", version)]
+            context.metrics.add_counter("CatsDogsSignatureRefused", 1, dimensions=dims)
+            raise
         verified = time.perf_counter()
         config = (getattr(context, "model_yaml_config", None) or {}).get("handler", {})
         threads = int(config.get("torch_threads", 1))
@@ -125,7 +133,7 @@ class CatsDogsHandler:
         self.precision = getattr(self.forward, "precision", "f32")
         self.flip_tta = bool(getattr(self.net, "flip_tta", False))  # traced into model.onnx too
         self.temperature = servable.temperature(model_dir)  # fitted at publish: calibration.json
-        self.version = str(context.manifest["model"].get("modelVersion", ""))
+        self.version = version
         # TorchServe answers 413 to a body over max_request_size (config.properties) before it
         # reaches a worker; `max_bytes` in model-config.yaml is only for a lower limit of one model.
         self.max_bytes = int(config["max_bytes"]) if "max_bytes" in config else None

@@ -77,8 +77,10 @@ def test_the_handler_refuses_tampered_files(tmp_path: Path, tamper) -> None:
     load_handler(staged, FakeContext(staged))  # as staged: it loads
     (staged / "__pycache__").mkdir(exist_ok=True)  # what Python writes beside the code is no change
     change(staged)
+    context = FakeContext(staged)
     with pytest.raises(ValueError, match=message):  # the .mar's SignatureError class
-        load_handler(staged, FakeContext(staged))
+        load_handler(staged, context)
+    assert context.metrics.calls == [("CatsDogsSignatureRefused", 1, [("model_version", "3")])]
 
 
 def test_an_archive_tampered_in_the_model_store_is_refused(tmp_path: Path, tamper) -> None:
@@ -165,6 +167,8 @@ def test_torchserve_refuses_a_tampered_archive(
         _still_serving_v1()
         said = found[-1].split("does not verify with ")[1].split(": ", 1)[1].strip()
         report(f"tampered ({name}): TorchServe", f"HTTP {response.status}; {said}")
+        scraped = ts.call("metrics", "GET", "/metrics").body.decode()
+        assert re.search(r'CatsDogsSignatureRefused\{[^}]*model_version="9"', scraped), scraped
     finally:
         if "9" in {e["modelVersion"] for e in ts.describe("all")}:
             deploy._unregister("9")
