@@ -83,6 +83,7 @@ def _used_metrics(expr: str) -> set[str]:
     """Metric names in a PromQL expression: what is left without label matchers, ranges, grouping
     label lists, numbers, functions and keywords."""
     expr = re.sub(r"\{[^}]*\}|\[[^]]*\]", "", expr)
+    expr = re.sub(r"\boffset\s+\d+[smhdwy]\b", "", expr)  # a modifier, not a metric
     expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
     expr = re.sub(r"\b\d+(\.\d+)?(e-?\d+)?\b", "", expr)
     functions = {

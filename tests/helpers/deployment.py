@@ -23,6 +23,7 @@ ALERTS = {  # every alert of configs/prometheus/alerts.yml, as the file and a ru
     "CatsDogsFrontendErrors",
     "CatsDogsHighLatencyP95",
     "CatsDogsNoReadyWorker",
+    "CatsDogsSignatureRefused",
     "CatsDogsInputDrift",
     "CatsDogsConfidenceDrop",
     "CatsDogsLabelledAccuracyDrop",
