@@ -55,8 +55,11 @@ RUN pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}" "torchvis
 ENV PYTHONPATH=/app \
     CATSDOGS_HOME=/srv/catsdogs \
     CATSDOGS_BIND_HOST=0.0.0.0
-# captures/ too: a volume mounted there starts owned by catsdogs, as docker copies the image's folder
-RUN install -d -o catsdogs -g catsdogs /srv/catsdogs /srv/catsdogs/model-store /srv/catsdogs/captures
+# captures/ and the key folders too: a volume mounted there starts owned by catsdogs, as docker
+# copies the image's folder (compose: the signing key is the trainer's alone, signing.py)
+RUN install -d -o catsdogs -g catsdogs /srv/catsdogs /srv/catsdogs/model-store /srv/catsdogs/captures \
+        /srv/verify-key \
+    && install -d -m 0700 -o catsdogs -g catsdogs /srv/signing-key
 ENTRYPOINT ["/usr/bin/tini", "--"]
 
 # --- TorchServe: `serve run` keeps it in the foreground and turns SIGTERM into a clean stop

@@ -8,9 +8,13 @@ file, or another key, is a `SignatureError` that names the file and what is wron
 Whoever can write an artifact store, a volume or a model store can change the files, but cannot
 sign them without the private key.
 
-Keys: the private key is $CATSDOGS_SIGNING_KEY, else `signing/private.pem` in the state folder,
-made on first use (P-256, 0600) with `signing/public.pem` beside it. Verifying needs only the
-public key: $CATSDOGS_VERIFY_KEY, else that `public.pem`.
+Keys: the private key is $CATSDOGS_SIGNING_KEY's file, else `signing/private.pem` in the state
+folder; the public key $CATSDOGS_VERIFY_KEY's, else `signing/public.pem` there. Where neither
+exists yet, the first signing makes the pair (P-256, the private half 0600) in those two places:
+compose gives the trainer a volume of its own for the private key and TorchServe the public one
+read-only. A pair made in the state folder before $CATSDOGS_SIGNING_KEY named another place moves
+there (so the versions it signed still verify); a public key without its private one is refused,
+not replaced. Verifying needs only the public key.
 
 Who checks: package before it archives (and deploy before it registers an archive), and the
 handler before a worker loads anything (shipped in the .mar as catsdogs_signing.py). An unpacked
@@ -44,20 +48,35 @@ class SignatureError(CatsDogsError, ValueError):
 
 
 def private_key(home: Path) -> Path:
-    """The signing key: $CATSDOGS_SIGNING_KEY's file, else the state folder's pair, made now if
-    it has none."""
-    if os.environ.get(PRIVATE_ENV):
-        path = Path(os.environ[PRIVATE_ENV])
-        if not path.is_file():
-            raise MissingError(f"{PRIVATE_ENV}={path}: no such key file")
+    """The signing key: $CATSDOGS_SIGNING_KEY's file, else the state folder's; the pair is made
+    now where neither half exists yet."""
+    path = Path(os.environ.get(PRIVATE_ENV) or home / KEYS / "private.pem")
+    if path.is_file():
         return path
     from catsdogs_pl import places  # training's side only: the handler never signs
 
-    path = home / KEYS / "private.pem"
     with places.locked("signing"):  # two first fits at once make one pair, not two halves
         if not path.exists():
-            _make_pair(path)
+            _first_pair(path, home)
     return path
+
+
+def _first_pair(private: Path, home: Path) -> None:
+    public = public_key_file(home)
+    earlier = home / KEYS / "private.pem"
+    if earlier.is_file():  # made in the state folder before $CATSDOGS_SIGNING_KEY moved it
+        _write_private(private, earlier.read_bytes())
+        earlier.unlink()
+        if not public.exists():
+            _write_public(public, earlier.with_name("public.pem").read_bytes())
+        return
+    if public.exists():
+        raise MissingError(
+            f"no private key at {private}, but a public key at {public}: restore the private key "
+            f"of that pair (or set {PRIVATE_ENV} to it); removing {public} starts a new pair, and "
+            "the versions the old one signed no longer verify"
+        )
+    _make_pair(private, public)
 
 
 def public_key(home: Path | None) -> Path:
@@ -92,26 +111,38 @@ def archive_files(folder: Path) -> list[str]:
     return [p.name for p in folder.iterdir() if p.suffix == ".py" or p.name in ARCHIVE_FILES]
 
 
-def _make_pair(private: Path) -> None:
+def _make_pair(private: Path, public: Path) -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
     key = ec.generate_private_key(ec.SECP256R1())
-    private.parent.mkdir(parents=True, exist_ok=True)
     pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    tmp = private.with_name(f".{private.name}.{os.getpid()}.tmp")
+    _write_public(
+        public,
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ),
+    )
+    _write_private(private, pem)  # last: a pair is whole once this exists
+
+
+def _write_public(path: Path, pem: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pem)
+
+
+def _write_private(path: Path, pem: bytes) -> None:
+    """Write `pem` as `path`, readable by its owner only from the first byte."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(pem)
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    (private.parent / "public.pem").write_bytes(public)
-    os.replace(tmp, private)  # last: a pair is whole once this exists
+    os.replace(tmp, path)
 
 
 def _hashing(ignored: Iterable[str]):  # noqa: ANN202 (model_signing's Config)

@@ -294,7 +294,7 @@ def missing_config_files(objects: Objects) -> list[str]:
 
 def literal_secrets(objects: Objects) -> list[str]:
     """Secrets only by reference: no Secret carries data, no secret-named variable a value (a
-    true/false switch carries no secret)."""
+    true/false switch carries no secret, nor the path of a file in a mounted volume)."""
     found = [
         f"Secret/{o['metadata']['name']} carries {field}"
         for o in objects
@@ -304,11 +304,43 @@ def literal_secrets(objects: Objects) -> list[str]:
     ]
     for obj in workloads(objects):
         for where, c in containers(obj):
+            mounted = {str(Path(m["mountPath"])) for m in c.get("volumeMounts", [])}
             for env in c.get("env", []):
                 words = set(env["name"].upper().split("_"))
                 value = env.get("value")
-                if words & SECRET_WORDS and value is not None and value not in ("true", "false"):
+                if value is None or value in ("true", "false"):
+                    continue
+                if words & SECRET_WORDS and str(Path(value).parent) not in mounted:
                     found.append(f"{where}: {env['name']} has a literal value")
+    return found
+
+
+SIGNING_SECRET, VERIFY_MAP = "catsdogs-signing-key", "catsdogs-verify-key"
+
+
+def exposed_signing_key(objects: Objects) -> list[str]:
+    """The private key's Secret mounted by the train Job's `fit` alone (it signs); TorchServe
+    verifies with the public key's ConfigMap, mounted where CATSDOGS_VERIFY_KEY points."""
+    found = []
+    for obj in workloads(objects):
+        spec = pod_spec(obj)
+        sources = {
+            v["name"]: v.get("secret", {}).get("secretName") or v.get("configMap", {}).get("name")
+            for v in spec.get("volumes", [])
+        }
+        for where, c in containers(obj):
+            mounted = {m["mountPath"]: sources.get(m["name"]) for m in c.get("volumeMounts", [])}
+            if (
+                SIGNING_SECRET in mounted.values()
+                and where != "Job/catsdogs-train initContainers/fit"
+            ):
+                found.append(f"{where} mounts the private signing key")
+            if where == "Deployment/torchserve containers/torchserve":
+                key = next(
+                    (e.get("value") for e in c["env"] if e["name"] == "CATSDOGS_VERIFY_KEY"), ""
+                )
+                if mounted.get(str(Path(key).parent)) != VERIFY_MAP:
+                    found.append(f"{where}: CATSDOGS_VERIFY_KEY={key!r} is not in {VERIFY_MAP}")
     return found
 
 
@@ -322,6 +354,7 @@ POLICIES: dict[str, Callable[[Objects], list[str]]] = {
     "images": foreign_images,
     "config_files": missing_config_files,
     "secrets": literal_secrets,
+    "signing_key": exposed_signing_key,
 }
 
 
@@ -421,6 +454,17 @@ def secret_object(o: Objects) -> None:
     )
 
 
+def sign_on_torchserve(o: Objects) -> None:
+    spec = pod_spec(find(o, "Deployment", "torchserve"))
+    spec["volumes"].append({"name": "key", "secret": {"secretName": SIGNING_SECRET}})
+    spec["containers"][0]["volumeMounts"].append({"name": "key", "mountPath": "/etc/key"})
+
+
+def verify_with_nothing(o: Objects) -> None:
+    env = container(o, "Deployment", "torchserve", "torchserve")["env"]
+    env[:] = [e for e in env if e["name"] != "CATSDOGS_VERIFY_KEY"]
+
+
 BREACHES = {
     "probes": [drop_readiness],
     "resources": [drop_init_limits],
@@ -431,6 +475,7 @@ BREACHES = {
     "images": [foreign_image],
     "config_files": [missing_config],
     "secrets": [literal_password, secret_object],
+    "signing_key": [sign_on_torchserve, verify_with_nothing],
 }
 
 
@@ -465,9 +510,16 @@ def test_postgres_in_dev_only_and_mlflow_db_by_secret(rendered: dict[str, Object
 
 def test_every_referenced_secret_is_created_in_the_readme(rendered: dict[str, Objects]) -> None:
     readme = (K8S / "README.md").read_text()
-    created = set(re.findall(r"kubectl (?:-n \S+ )?create secret generic (\S+)", readme))
+    created = set(
+        re.findall(r"kubectl (?:-n \S+ )?create (?:secret generic|configmap) (\S+)", readme)
+    )
     for objects in rendered.values():
         for obj in workloads(objects):
+            for volume in pod_spec(obj).get("volumes", []):
+                name = volume.get("secret", {}).get("secretName") or volume.get(
+                    "configMap", {}
+                ).get("name")
+                assert name is None or name in created, f"{name} not in k8s/README.md"
             for where, c in containers(obj):
                 for env in c.get("env", []):
                     ref = env.get("valueFrom", {}).get("secretKeyRef")

@@ -46,8 +46,39 @@ def test_keys_given_by_environment(
     assert signing.private_key(elsewhere) == keys[0] and signing.public_key(elsewhere) == keys[1]
     assert not elsewhere.exists()  # no pair made where the environment names one
     monkeypatch.setenv(signing.PRIVATE_ENV, str(tmp_path / "nope.pem"))
-    with pytest.raises(MissingError, match=r"CATSDOGS_SIGNING_KEY=.*nope\.pem: no such key file"):
-        signing.private_key(elsewhere)
+    with pytest.raises(MissingError, match=r"no private key at .*nope\.pem, but a public key at"):
+        signing.private_key(elsewhere)  # the public key of a pair whose private half is lost
+    assert not (tmp_path / "nope.pem").exists() and keys[1].read_bytes().startswith(b"-----")
+
+
+def test_first_pair_where_the_environment_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compose's trainer: the private half in its own volume, the public one in serving's."""
+    private, public = tmp_path / "trainer" / "private.pem", tmp_path / "serving" / "public.pem"
+    monkeypatch.setenv(signing.PRIVATE_ENV, str(private))
+    monkeypatch.setenv(signing.PUBLIC_ENV, str(public))
+    home = tmp_path / "home"
+    assert signing.private_key(home) == private and signing.public_key(home) == public
+    assert private.stat().st_mode & 0o777 == 0o600 and not (home / signing.KEYS).exists()
+    folder = make_export(tmp_path / "export")
+    signing.sign(folder, private)
+    signing.verify(folder, public)
+
+
+def test_a_pair_in_the_state_folder_moves_where_the_environment_says(
+    tmp_path: Path, keys: tuple[Path, Path], signed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stack that signed before the key had a place of its own keeps its versions verifying,
+    and its state volume no longer holds the private key."""
+    home = keys[0].parents[1]
+    before = keys[0].read_bytes()
+    private, public = tmp_path / "trainer" / "private.pem", tmp_path / "serving" / "public.pem"
+    monkeypatch.setenv(signing.PRIVATE_ENV, str(private))
+    monkeypatch.setenv(signing.PUBLIC_ENV, str(public))
+    assert signing.private_key(home).read_bytes() == before and not keys[0].exists()
+    assert private.stat().st_mode & 0o777 == 0o600
+    signing.verify(signed, signing.public_key(home))  # signed before the move: still verifies
 
 
 def test_no_public_key_names_the_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -42,6 +42,7 @@ def _other_key(folder: Path) -> None:
     """Signed again, every file the first signature covered, by a key serving does not trust."""
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv(signing.PRIVATE_ENV)
+        patch.delenv(signing.PUBLIC_ENV)  # the thief's own pair, not serving's public key
         key = signing.private_key(folder.parent / f"{folder.name}-thief")
     copy = folder.parent / f"{folder.name}-resigned"
     shutil.copytree(folder, copy, ignore=lambda _, names: signing.archive_files(folder))

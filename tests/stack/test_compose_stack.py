@@ -36,6 +36,23 @@ def test_trainer_trains_through_mlflow_and_deploys(stack: Stack, report) -> None
     report("stack: trainer (demo.yaml) + deploy", {"seconds": round(time.monotonic() - started)})
 
 
+def test_only_the_trainer_holds_the_signing_key(stack: Stack, report) -> None:
+    """v1 verified with the public key alone: no serving container can read the private one."""
+    keys = "find /srv /home -name '*.pem' 2>/dev/null | sort"
+    said = {
+        service: stack.compose("exec", "-T", service, "sh", "-c", keys)
+        for service in ("torchserve", "monitor")
+    }
+    said["trainer"] = stack.compose("run", "--rm", "--no-deps", "trainer", "sh", "-c", keys)
+    found = {s: [w for w in out.split() if w.endswith(".pem")] for s, out in said.items()}
+    report("stack: key files per service", found)
+    assert found == {
+        "torchserve": ["/srv/verify-key/public.pem"],
+        "monitor": [],
+        "trainer": ["/srv/signing-key/private.pem", "/srv/verify-key/public.pem"],
+    }
+
+
 def test_train_image_holds_the_imagenet_weights(stack: Stack, report) -> None:
     """finetune.yaml (the trainer's default config) trains offline: its weights are in the image."""
     code = (
