@@ -6,7 +6,10 @@ either with an untrained head: cost only), an export is signed and staged as pac
 each run is a fresh Python process that loads the handler as a TorchServe worker does (imported
 from the staged folder, `initialize`) and reads back the two times the handler logs: signature
 verification (the first import of model-signing included, as in a worker) and model load (the
-network, its weights and the runtime that serves it). Prints the median of --runs and the ratio.
+network, its weights and the runtime that serves it), and the worker's whole start as the
+parent sees it (Python, torch, the handler, verification and load). Prints the medians of --runs,
+the ratio to the model load and to the whole start, and what the first import of model-signing
+alone costs (timed in a process of its own: most of the verification of a small network).
 
     python bench/verify.py --runs 5
 """
@@ -21,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import yaml
@@ -66,18 +70,34 @@ def networks() -> dict[str, tuple[object, int]]:
     }
 
 
-def worker_start(model_dir: Path, runs: int) -> tuple[float, float]:
-    """Median (verify ms, load ms) over `runs` fresh worker processes."""
+def worker_start(model_dir: Path, runs: int) -> tuple[float, float, float]:
+    """Median (verify ms, load ms, whole start ms) over `runs` fresh worker processes."""
     found = []
     for _ in range(runs):
+        started = time.perf_counter()
         done = subprocess.run(
             [sys.executable, "-c", WORKER, str(model_dir), str(places.MODEL_CONFIG)],
             capture_output=True,
             text=True,
             check=True,
         )
-        found.append(tuple(map(float, LOGGED.search(done.stdout).groups())))
-    return statistics.median(f[0] for f in found), statistics.median(f[1] for f in found)
+        whole = (time.perf_counter() - started) * 1000
+        found.append((*map(float, LOGGED.search(done.stdout).groups()), whole))
+    return tuple(statistics.median(f[i] for f in found) for i in range(3))
+
+
+def import_ms(runs: int) -> float:
+    """Median ms of `import model_signing.verifying` in a fresh process."""
+    code = "import time; t = time.perf_counter(); import model_signing.verifying; "
+    code += "print((time.perf_counter() - t) * 1000)"
+    return statistics.median(
+        float(
+            subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, check=True
+            ).stdout
+        )
+        for _ in range(runs)
+    )
 
 
 def main() -> None:
@@ -89,11 +109,12 @@ def main() -> None:
         os.environ["CATSDOGS_HOME"] = str(tmp / "home")  # a key pair of its own
         os.environ.update(signing.environment(tmp / "home"))  # what serve gives workers
         handler = yaml.safe_load(places.MODEL_CONFIG.read_text())["handler"]
+        imported = import_ms(args.runs)
         for label, (net, size) in networks().items():
             folder = tmp / re.sub(r"\W+", "-", label)
             export = servable.export(net, preprocessing.spec(size, ["cat", "dog"]), folder)
             staged = package.stage(sign.sign_export(export), tmp / f"{folder.name}-model")
-            verify_ms, load_ms = worker_start(staged, args.runs)
+            verify_ms, load_ms, start_ms = worker_start(staged, args.runs)
             weights_mb = (staged / servable.WEIGHTS).stat().st_size / 2**20
             print(
                 json.dumps(
@@ -106,7 +127,10 @@ def main() -> None:
                         "runtime": handler.get("runtime", "auto"),
                         "verify_ms": verify_ms,
                         "load_ms": load_ms,
+                        "worker_start_ms": round(start_ms),
                         "verify_over_load": round(verify_ms / load_ms, 3),
+                        "verify_over_worker_start": round(verify_ms / start_ms, 3),
+                        "import_model_signing_ms": round(imported, 1),
                         "runs": args.runs,
                     }
                 )
