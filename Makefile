@@ -16,7 +16,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(foreach spec,$(TORCH_SPEC),'$(spec)')
-	$(PY) -m pip install --quiet -e '.[dev,pretrained,onnx]'
+	$(PY) -m pip install --quiet -e '.[dev,pretrained,onnx,oip]'
 	touch $@
 
 # Python style, then the deployment files statically (no Docker engine, no cluster needed):

@@ -14,31 +14,26 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 import uvicorn
 from fastapi import FastAPI, HTTPException, UploadFile
 
-from catsdogs_pl import preprocessing, servable
+from catsdogs_pl.predictor import Predictor
+from catsdogs_pl.preprocessing import BadImage
 
 
 def create_app(export_dir: Path) -> FastAPI:
-    """The app answering with the export in `export_dir`."""
-    net, pre = servable.load(export_dir)
+    """The app answering with the export in `export_dir` (eager PyTorch, the original design)."""
+    predictor = Predictor.load(export_dir, runtime="eager")
     app = FastAPI()
 
     @app.post("/predict")
     async def predict(file: UploadFile):  # no return annotation: FastAPI would validate it
-        try:
-            image = preprocessing.load_rgb(await file.read(), pre.image_size, **pre.limits)
-        except preprocessing.BadImage as exc:
-            raise HTTPException(400, str(exc)) from exc
-        batch = torch.from_numpy(np.stack([image])).permute(0, 3, 1, 2)  # stack: writable copy
-        x = preprocessing.normalize(batch, pre.mean, pre.std)
-        with torch.inference_mode():
-            probs = net(x).softmax(-1)[0].tolist()
-        label = pre.classes[probs.index(max(probs))]
-        return {"label": label, "probabilities": dict(zip(pre.classes, probs, strict=True))}
+        answers = predictor.predict([await file.read()])
+        if isinstance(answers.results[0], BadImage):
+            raise HTTPException(400, str(answers.results[0]))
+        label = answers.labels(predictor.classes)[0]
+        return {"label": label, "probabilities": answers.results[0]}
 
     return app
 

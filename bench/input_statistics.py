@@ -73,14 +73,13 @@ def direct_costs(handler: Any, context: Any, images: list[bytes], batch: int) ->
     flush of a full set of buckets (what the thread emits every statistics_flush_s)."""
     from ts.metrics.dimension import Dimension
 
-    batches = []
-    for i in range(0, len(images) - batch + 1, batch):
-        decoded = [handler.decode(data) for data in images[i : i + batch]]
-        pixels, sizes = [d[0] for d in decoded], [d[1] for d in decoded]
-        batches.append((pixels, sizes, handler.predict(pixels).numpy()))
+    batches = [
+        handler.predictor.predict(images[i : i + batch])
+        for i in range(0, len(images) - batch + 1, batch)
+    ]
     start = time.perf_counter()
-    for pixels, sizes, probs in batches:
-        handler.observe(pixels, sizes, probs)
+    for answers in batches:
+        handler.observe(answers)
     observe_ms = (time.perf_counter() - start) * 1e3 / (len(batches) * batch)
     start = time.perf_counter()
     handler.flush(context.metrics, [Dimension("model_version", "1")])

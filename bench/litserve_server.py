@@ -2,9 +2,8 @@
 
 Lightning's LitServe with TorchServe's shipped settings: `--workers` processes of `--torch-threads`
 threads, batches of up to `--batch-size` gathered for `--batch-timeout` seconds. It loads the staged
-model folder as the handler does (servable.load, servable.forward: ONNX Runtime where model.onnx is
-there, else eager PyTorch) and decodes as it does (preprocessing.load_rgb with the prepared
-limits), so only the server differs. `POST /predict` with a multipart field `file` answers
+model folder through the handler's predict path (catsdogs_pl/predictor.py: the same decoding,
+limits, forward pass and calibrated softmax), so only the server differs. `POST /predict` with a multipart field `file` answers
 `{"label", "probabilities"}`; a bad image is a 400.
 
 Bench-only extra, not a project dependency: pip install litserve
@@ -24,7 +23,9 @@ import numpy as np
 import torch
 from fastapi import HTTPException
 
-from catsdogs_pl import preprocessing, servable
+from catsdogs_pl import servable
+from catsdogs_pl.predictor import Predictor
+from catsdogs_pl.preprocessing import BadImage
 
 
 class CatsDogsAPI(ls.LitAPI):
@@ -34,26 +35,21 @@ class CatsDogsAPI(ls.LitAPI):
 
     def setup(self, device: str) -> None:
         torch.set_num_threads(self.threads)
-        net, self.pre = servable.load(self.model_dir)
-        self.forward = servable.forward(self.model_dir, net, self.runtime, self.threads)
+        self.predictor = Predictor.load(self.model_dir, runtime=self.runtime, threads=self.threads)
 
     def decode_request(self, request) -> np.ndarray:  # unannotated: LitServe parses the form
         try:
-            return preprocessing.load_rgb(
-                request["file"].file.read(), self.pre.image_size, **self.pre.limits
-            )
-        except preprocessing.BadImage as exc:
+            return self.predictor.decode(request["file"].file.read())[0]
+        except BadImage as exc:
             raise HTTPException(400, str(exc)) from exc
 
     def predict(self, images: list[np.ndarray]) -> list[list[float]]:
-        batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
-        x = preprocessing.normalize(batch, self.pre.mean, self.pre.std)
-        with torch.inference_mode():
-            return self.forward(x).softmax(-1).tolist()
+        return self.predictor.probabilities(images).tolist()
 
     def encode_response(self, probs: list[float]) -> dict[str, Any]:
-        label = self.pre.classes[probs.index(max(probs))]
-        return {"label": label, "probabilities": dict(zip(self.pre.classes, probs, strict=True))}
+        classes = self.predictor.classes
+        label = classes[probs.index(max(probs))]
+        return {"label": label, "probabilities": dict(zip(classes, probs, strict=True))}
 
 
 def main() -> None:

@@ -55,7 +55,6 @@ from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import numpy as np
-import torch
 import yaml
 from mlflow import MlflowClient
 
@@ -255,14 +254,13 @@ def in_process_rate(
         first = lane * len(images) // len(handlers) + i * batch
         uploads = [images[(first + j) % len(images)] for j in range(batch)]
         clock = [time.perf_counter()]
-        opened = [handler.open(data) for data in uploads]
+        opened = [handler.predictor.open(data) for data in uploads]
         clock.append(time.perf_counter())
-        decoded = [preprocessing.decode(img, handler.pre.image_size) for img in opened]
+        decoded = [handler.predictor.pixels(img) for img in opened]
         clock.append(time.perf_counter())
-        x = handler.batch(decoded)
+        x = handler.predictor.batch(decoded)
         clock.append(time.perf_counter())
-        with torch.inference_mode():
-            handler.forward(x).softmax(-1)
+        handler.predictor.scores(x)
         clock.append(time.perf_counter())
         for stage, start, end in zip(spent, clock, clock[1:], strict=False):
             spent[stage] += end - start
@@ -513,9 +511,9 @@ def main() -> None:
             "max_batch_delay_ms": args.max_batch_delay,
             "netty_threads": args.netty_threads or "config.properties",
             "fastapi_torch_threads": threads,
-            "runtime": handlers[0].runtime,
-            "precision": handlers[0].precision,
-            "flip_tta": handlers[0].flip_tta,
+            "runtime": handlers[0].predictor.runtime,
+            "precision": handlers[0].predictor.precision,
+            "flip_tta": handlers[0].predictor.flip_tta,
         },
         "in_process_ms_per_image": stages,
         "in_process_limit_images_per_s": round(limit, 1),

@@ -132,11 +132,11 @@ def capture_properties() -> dict[str, str]:
     return {k: os.environ.get(f"TS_{k.upper()}", v) for k, v in found.items()}
 
 
-ADDRESS_KINDS = ("inference", "management", "metrics", "worker_metrics", "monitor")
+ADDRESS_KINDS = ("inference", "management", "metrics", "worker_metrics", "monitor", "oip")
 
 
 def address(kind: str, bind: bool = False) -> str:
-    """'inference', 'management', 'metrics', 'worker_metrics' or 'monitor' base URL. TS_INFERENCE_ADDRESS
+    """'inference', 'management', 'metrics', 'worker_metrics', 'monitor' or 'oip' base URL. TS_INFERENCE_ADDRESS
     and friends override config.properties, for TorchServe (enable_envvars_config=true) and for us
     alike; CATSDOGS_BIND_HOST (0.0.0.0 in the serve image, where 127.0.0.1 would reach nothing)
     replaces the host of the addresses they leave alone. A client reaches a server bound to

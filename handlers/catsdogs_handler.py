@@ -6,12 +6,12 @@ added or removed file, another key or no signature fails the worker, its log nam
 
 Everything it loads sits inside the `.mar`: the servable export (`weights.pt`, `architecture.json`,
 `preprocessing.json`, `index_to_name.json`, `reference.json`) and the source files copied from the
-training code (serving/package.py `SOURCES`): `catsdogs_servable.py` builds the network that
-`architecture.json` names and loads its weights exactly as package (checking an export before it
-archives it) and robustness do; `catsdogs_preprocessing.py` decodes, checks and normalises as the
-training cache was made, with the limits of `preprocessing.json` (the ones the training data was
-cleaned by); `catsdogs_stats.py` computes the input and prediction statistics of the training
-reference.
+training code (serving/package.py `SOURCES`). `catsdogs_predictor.py` is the predict path both
+servers share (the KServe model too): it builds the network `architecture.json` names, decodes and
+checks uploads as the training data was cleaned, runs the accepted forward pass and the calibrated
+softmax, and computes the input and prediction statistics of the training reference. What stays
+here is TorchServe's: how a request carries its image, the 400s per request, metrics, answer ids,
+capture.
 
 Accepted bodies: raw image bytes, multipart (field `data` or `file`), JSON `{"data": "<base64>"}`
 and base64 text. Answer per image: `{"id", "label", "probabilities", "model_version"}`; the id (also
@@ -32,8 +32,6 @@ its last `statistics_flush_s`.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import threading
 import time
@@ -42,30 +40,17 @@ from pathlib import Path
 from typing import Any
 
 import catsdogs_capture as capture
-import catsdogs_preprocessing as preprocessing
 import catsdogs_servable as servable
 import catsdogs_signing as signing
 import catsdogs_stats as stats
 import numpy as np
 import torch
+from catsdogs_predictor import Answers, Predictor, from_base64
 from catsdogs_preprocessing import BadImage
 
-_BASE64_PREFIX = "base64,"  # data URLs: data:image/jpeg;base64,...
 QUIET_S = 1.0  # seconds without a batch after which the pending statistics are emitted
 ANSWER_HEADER = "X-Catsdogs-Answer-Id"  # the answer's id, also in its JSON: what feedback names
 log = logging.getLogger(__name__)  # a worker's log lines go to model_log.log
-
-
-def _b64decode(text: str | bytes) -> bytes:
-    if isinstance(text, bytes):
-        text = text.decode("ascii", errors="replace")
-    text = text.strip()
-    if _BASE64_PREFIX in text[:64]:
-        text = text.split(_BASE64_PREFIX, 1)[1]
-    try:
-        return base64.b64decode("".join(text.split()), validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise BadImage("bad_base64", f"the body is text but not valid base64 ({exc})") from exc
 
 
 def _payload(row: dict[str, Any]) -> bytes:
@@ -79,11 +64,11 @@ def _payload(row: dict[str, Any]) -> bytes:
             raise BadImage(
                 "bad_json", f'"data" must be a base64 string, not {type(value).__name__}'
             )
-        return _b64decode(value)
+        return from_base64(value)
     if isinstance(value, list):
         raise BadImage("bad_json", 'send one JSON object {"data": "<base64>"}, not a list')
     if isinstance(value, str):  # text/*: base64 text
-        return _b64decode(value)
+        return from_base64(value)
     if isinstance(value, (bytes, bytearray)):
         return bytes(value)
     if row:  # e.g. a form post: curl --data-binary without Content-Type: application/octet-stream
@@ -119,24 +104,19 @@ class CatsDogsHandler:
         config = (getattr(context, "model_yaml_config", None) or {}).get("handler", {})
         threads = int(config.get("torch_threads", 1))
         torch.set_num_threads(threads)
-        weights = context.manifest["model"].get("serializedFile", servable.WEIGHTS)
-        self.net, self.pre = servable.load(model_dir, weights)
-        self.classes = list(self.pre.classes)
         # the forward pass: the bf16 or int8 one the forward gate accepted (forward.json) where
         # this CPU has the units; else, where the .mar holds model.onnx (its exporter checked its
         # answers against eager PyTorch under each runtime), the fastest here of eager, OpenVINO
-        # and ONNX Runtime in float32
-        batch = int(context.system_properties.get("batch_size") or 8)
-        runtime = config.get("runtime", "auto")
-        self.forward = servable.forward(model_dir, self.net, runtime, threads, batch)
-        self.runtime = getattr(self.forward, "runtime", "eager")
-        self.precision = getattr(self.forward, "precision", "f32")
-        self.flip_tta = bool(getattr(self.net, "flip_tta", False))  # traced into model.onnx too
-        self.temperature = servable.temperature(model_dir)  # fitted at publish: calibration.json
+        # and ONNX Runtime in float32 (catsdogs_predictor.py, as the KServe model does)
+        self.predictor = Predictor.load(
+            model_dir,
+            context.manifest["model"].get("serializedFile", servable.WEIGHTS),
+            config.get("runtime", "auto"),
+            threads,
+            int(context.system_properties.get("batch_size") or 8),
+            int(config["max_bytes"]) if "max_bytes" in config else None,
+        )
         self.version = version
-        # TorchServe answers 413 to a body over max_request_size (config.properties) before it
-        # reaches a worker; `max_bytes` in model-config.yaml is only for a lower limit of one model.
-        self.max_bytes = int(config["max_bytes"]) if "max_bytes" in config else None
         self.flush_s = float(config.get("statistics_flush_s", 5))
         self.pending = self._no_counts()
         self.lock = threading.Lock()
@@ -156,34 +136,9 @@ class CatsDogsHandler:
     def _no_counts() -> dict[str, np.ndarray]:
         return {name: np.zeros(len(e) + 1, np.int64) for name, e in stats.EDGES.items()}
 
-    def open(self, data: bytes) -> Any:
-        """One upload's image, opened and checked by its header (a PIL image, no pixels yet), or
-        BadImage naming what is wrong."""
-        if self.max_bytes is not None and len(data) > self.max_bytes:
-            raise BadImage("too_large", f"{len(data)} bytes is over the {self.max_bytes} limit")
-        return preprocessing.open_image(data, **self.pre.limits)
-
-    def decode(self, data: bytes) -> tuple[np.ndarray, tuple[int, int]]:
-        """One upload to a uint8 HWC array and its (width, height), or BadImage naming what is
-        wrong. Opened, measured and decoded as cleaning does for the training data."""
-        img = self.open(data)
-        return preprocessing.decode(img, self.pre.image_size), img.size
-
-    def batch(self, images: list[np.ndarray]) -> torch.Tensor:
-        """Decoded images as the normalised float NCHW batch the network takes."""
-        batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
-        return preprocessing.normalize(batch, self.pre.mean, self.pre.std)
-
-    def predict(self, images: list[np.ndarray]) -> torch.Tensor:
-        x = self.batch(images)
-        with torch.inference_mode():
-            return (self.forward(x) / self.temperature).softmax(-1)
-
-    def observe(self, images: list[np.ndarray], sizes: list[tuple[int, int]], probs: Any) -> None:
+    def observe(self, answers: Answers) -> None:
         """Count the statistics of accepted images and their predictions into `pending`."""
-        values = stats.image_statistics(np.stack(images), np.array(sizes))
-        values.update(stats.prediction_statistics(probs))
-        found = stats.histograms(values)
+        found = self.predictor.statistics(answers)
         with self.lock:
             for name, counts in found.items():
                 self.pending[name] += counts
@@ -201,9 +156,9 @@ class CatsDogsHandler:
         if not pending["confidence"].any():
             return
         served = [
-            Dimension("runtime", self.runtime),
-            Dimension("precision", self.precision),
-            Dimension("flip_tta", str(self.flip_tta).lower()),
+            Dimension("runtime", self.predictor.runtime),
+            Dimension("precision", self.predictor.precision),
+            Dimension("flip_tta", str(self.predictor.flip_tta).lower()),
             *version,
         ]
         metrics.add_metric("CatsDogsForwardPass", 1, "Count", 0, served, MetricTypes.GAUGE)
@@ -232,6 +187,16 @@ class CatsDogsHandler:
         if not self.captures.keep(answer, upload):
             context.metrics.add_counter("CatsDogsCaptureFailures", 1, idx=idx, dimensions=version)
 
+    @staticmethod
+    def _refuse(exc: BadImage, context: Any, idx: int, version: list[Any]) -> dict[str, str]:
+        """Request `idx`'s own 400 naming the reason (its answer), counted by reason."""
+        from ts.metrics.dimension import Dimension
+
+        context.set_response_status(400, f"{exc.reason}: {exc.detail}", idx=idx)
+        dims = [Dimension("Reason", exc.reason), *version]
+        context.metrics.add_counter("CatsDogsRejectedInputs", 1, idx=idx, dimensions=dims)
+        return {"error": exc.reason, "message": exc.detail}
+
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[dict[str, Any]]:
         from ts.metrics.dimension import Dimension  # TorchServe's runtime, present in a worker
         from ts.metrics.metric_type_enum import MetricTypes
@@ -239,51 +204,45 @@ class CatsDogsHandler:
         start = time.perf_counter()
         version = [Dimension("model_version", self.version)]  # every metric says who answered
         results: list[dict[str, Any]] = [{} for _ in data]
-        good: list[int] = []
-        images: list[np.ndarray] = []
-        sizes: list[tuple[int, int]] = []
-        uploads: list[bytes] = []
+        sent: list[tuple[int, bytes]] = []  # (request index, upload) of the bodies that hold one
         for i, row in enumerate(data):
             try:
-                upload = _payload(row)
-                image, size = self.decode(upload)
-                images.append(image)
-                sizes.append(size)
-                uploads.append(upload)
-                good.append(i)
+                sent.append((i, _payload(row)))
             except BadImage as exc:
-                results[i] = {"error": exc.reason, "message": exc.detail}
-                context.set_response_status(400, f"{exc.reason}: {exc.detail}", idx=i)
-                dims = [Dimension("Reason", exc.reason), *version]
-                context.metrics.add_counter("CatsDogsRejectedInputs", 1, idx=i, dimensions=dims)
-        decoded = time.perf_counter()
-        if images:
-            probs = self.predict(images).numpy()
-            labels = probs.argmax(axis=1)
-            for i, upload, p, k in zip(good, uploads, probs.tolist(), labels, strict=True):
-                answer = capture.Capture(
-                    id=uuid.uuid4().hex,
-                    version=self.version,
-                    label=self.classes[k],
-                    probabilities={c: round(v, 6) for c, v in zip(self.classes, p, strict=True)},
-                    time=time.time(),
-                )
-                results[i] = {
-                    "id": answer.id,
-                    "label": answer.label,
-                    "probabilities": answer.probabilities,
-                    "model_version": self.version,
-                }
-                context.set_response_header(i, ANSWER_HEADER, answer.id)
-                if self.captures is not None and self.captures.sampled():
-                    self._capture(answer, upload, context, i, version)
-            for k, name in enumerate(self.classes):  # one metric line per label and batch
-                if n := int((labels == k).sum()):
-                    dims = [Dimension("Label", name), *version]
-                    context.metrics.add_counter(
-                        "CatsDogsPredictions", n, idx=good[0], dimensions=dims
-                    )
-            self.observe(images, sizes, probs)
+                results[i] = self._refuse(exc, context, i, version)
+        parsed = time.perf_counter()
+        answers = self.predictor.predict([upload for _, upload in sent])
+        decoded = parsed + answers.decode_s
+        labels = answers.labels(self.predictor.classes)
+        names = iter(labels)
+        good: list[int] = []  # request indices answered
+        for (i, upload), result in zip(sent, answers.results, strict=True):
+            if isinstance(result, BadImage):
+                results[i] = self._refuse(result, context, i, version)
+                continue
+            answer = capture.Capture(
+                id=uuid.uuid4().hex,
+                version=self.version,
+                label=next(names),
+                probabilities=result,
+                time=time.time(),
+            )
+            results[i] = {
+                "id": answer.id,
+                "label": answer.label,
+                "probabilities": answer.probabilities,
+                "model_version": self.version,
+            }
+            context.set_response_header(i, ANSWER_HEADER, answer.id)
+            if self.captures is not None and self.captures.sampled():
+                self._capture(answer, upload, context, i, version)
+            good.append(i)
+        for name in self.predictor.classes:  # one metric line per label and batch
+            if n := labels.count(name):
+                dims = [Dimension("Label", name), *version]
+                context.metrics.add_counter("CatsDogsPredictions", n, idx=good[0], dimensions=dims)
+        if good:
+            self.observe(answers)
         done = time.perf_counter()
         idx = good[0] if good else 0
         if self.flush_s <= 0:

@@ -57,9 +57,11 @@ def test_the_handler_divides_the_logits_by_the_exported_temperature(tmp_path: Pa
     model_dir = package.stage(export, tmp_path / "model")
     assert (model_dir / Calibration.FILE).exists()  # package ships it
     handler = load_handler(model_dir, FakeContext(model_dir))
-    assert handler.temperature == 2.5
-    image = handler.decode(image_bytes(1, (80, 60)))[0]
+    assert handler.predictor.temperature == 2.5
+    image = handler.predictor.decode(image_bytes(1, (80, 60)))[0]
     net, _ = servable.load(model_dir)
     with torch.inference_mode():
-        logits = net(handler.batch([image]))
-    assert torch.allclose(handler.predict([image]), (logits / 2.5).softmax(-1), atol=1e-6)
+        logits = net(handler.predictor.batch([image]))
+    assert torch.allclose(
+        handler.predictor.probabilities([image]), (logits / 2.5).softmax(-1), atol=1e-6
+    )

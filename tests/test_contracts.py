@@ -69,8 +69,13 @@ def test_an_export_of_todays_format_is_served(tmp_path: Path) -> None:
     sign.sign_export(export)  # what `python -m catsdogs_pl.serving.sign` does to such a version
     staged = package.stage(export, tmp_path / "model")
     handler = load_handler(staged, FakeContext(staged))
-    assert handler.classes == ["cat", "dog"] and handler.pre.to_json() == pre.to_json()
-    assert type(handler.pre).__module__ == "catsdogs_contracts"  # the .mar's copy, not ours
+    assert (
+        handler.predictor.classes == ["cat", "dog"]
+        and handler.predictor.pre.to_json() == pre.to_json()
+    )
+    assert (
+        type(handler.predictor.pre).__module__ == "catsdogs_contracts"
+    )  # the .mar's copy, not ours
 
 
 def test_a_newer_format_or_a_missing_key_is_refused_naming_the_file() -> None:

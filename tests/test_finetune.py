@@ -70,10 +70,12 @@ def test_export_and_handler_rebuild_the_pretrained_network(
     sign.sign_export(folder)
     model_dir = package.stage(folder, tmp_path / "model")
     handler = load_handler(model_dir, FakeContext(model_dir))
-    pixels, _ = handler.decode(image_bytes(1, (90, 70)))
+    pixels, _ = handler.predictor.decode(image_bytes(1, (90, 70)))
     batch = preprocessing.normalize(torch.from_numpy(pixels).permute(2, 0, 1)[None])
     with torch.inference_mode():
-        assert torch.allclose(handler.predict([pixels]), net(batch).softmax(-1), atol=1e-6)
+        assert torch.allclose(
+            handler.predictor.probabilities([pixels]), net(batch).softmax(-1), atol=1e-6
+        )
 
 
 @pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs Java 17")

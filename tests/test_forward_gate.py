@@ -17,6 +17,7 @@ from catsdogs_pl import servable
 from catsdogs_pl.contracts import ForwardPass
 from catsdogs_pl.data.datamodule import CatsDogsDataModule
 from catsdogs_pl.models.cnn import BaselineCNN
+from catsdogs_pl.predictor import Answers
 from catsdogs_pl.serving import package, sign
 from catsdogs_pl.training import forward_gate, robustness
 from tests.helpers.serving import ARCH, SIZE, FakeContext, load_handler
@@ -131,13 +132,13 @@ def test_the_handler_serves_what_was_accepted_where_the_host_can(
     staged = package.stage(tmp_path / "export", tmp_path / "model")
     assert {servable.ONNX, ForwardPass.FILE} <= set(servable.present(staged))
     served = load_handler(staged, FakeContext(staged))
-    assert (served.runtime, served.precision) == ("openvino", precision)
+    assert (served.predictor.runtime, served.predictor.precision) == ("openvino", precision)
     monkeypatch.setenv(servable.UNITS_ENV, "none")  # the same .mar on an older CPU
     with pytest.warns(UserWarning, match=f"this host has no {precision} units.*serving float32"):
         older = load_handler(staged, FakeContext(staged))
-    assert older.precision == "f32"
+    assert older.predictor.precision == "f32"
     explicit = load_handler(staged, FakeContext(staged, runtime="onnx"))  # named: float32
-    assert (explicit.runtime, explicit.precision) == ("onnx", "f32")
+    assert (explicit.predictor.runtime, explicit.predictor.precision) == ("onnx", "f32")
 
 
 @pytest.mark.parametrize(("gain", "served"), [(-1.0, True), (1.0, False)])
@@ -184,10 +185,13 @@ def test_the_forward_pass_shows_in_the_metrics_and_the_listing(
     staged = package.stage(tmp_path / "export", tmp_path / "model")
     context = FakeContext(staged)
     handler = load_handler(staged, context)
-    handler.observe([np.zeros((SIZE, SIZE, 3), np.uint8)], [(SIZE, SIZE)], np.array([[0.3, 0.7]]))
+    image = np.zeros((SIZE, SIZE, 3), np.uint8)
+    handler.observe(Answers([{}], [image], [(SIZE, SIZE)], np.array([[0.3, 0.7]]), 0.0, 0.0))
     handler.flush(context.metrics, [])
     gauges = [dims for name, _, dims in context.metrics.calls if name == "CatsDogsForwardPass"]
-    assert gauges == [[("runtime", handler.runtime), ("precision", "f32"), ("flip_tta", "true")]]
+    assert gauges == [
+        [("runtime", handler.predictor.runtime), ("precision", "f32"), ("flip_tta", "true")]
+    ]
     mar = tmp_path / "v.mar"
     with zipfile.ZipFile(mar, "w") as zf:
         zf.write(staged / ForwardPass.FILE, ForwardPass.FILE)

@@ -139,15 +139,17 @@ def test_parity_with_training_evaluation(tmp_path: Path, model_dir: Path) -> Non
 
     context = FakeContext(model_dir)
     handler = load_handler(model_dir, context)
-    decoded = [handler.decode((src / rel).read_bytes())[0] for rel in val_files]
+    decoded = [handler.predictor.decode((src / rel).read_bytes())[0] for rel in val_files]
     batch = torch.from_numpy(np.stack(decoded)).permute(0, 3, 1, 2)
-    serve_side = preprocessing.normalize(batch, tuple(handler.pre.mean), tuple(handler.pre.std))
+    serve_side = preprocessing.normalize(
+        batch, tuple(handler.predictor.pre.mean), tuple(handler.predictor.pre.std)
+    )
     assert torch.equal(serve_side, train_side)
 
     net, _ = servable.load(model_dir)
     with torch.inference_mode():
         expected = net(train_side).softmax(-1)
-    assert torch.allclose(handler.predict(decoded), expected)
+    assert torch.allclose(handler.predictor.probabilities(decoded), expected)
 
 
 def _quiet_s(handler) -> float:

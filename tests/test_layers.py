@@ -31,6 +31,7 @@ LAYERS = [  # lowest first; a module is in the first layer one of whose prefixes
         "the data, the LightningModule, the monitoring reference and drift, the TorchServe client",
         [
             "servable",
+            "predictor",
             "signing",
             "registry",
             "data.augment",

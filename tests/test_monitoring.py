@@ -72,7 +72,7 @@ def test_handler_statistics_equal_the_fit_reference(tmp_path: Path) -> None:
     assert all("label" in a for a in answers) and len(answers) >= 8
 
     images = np.load(dm.datasets["val"].images_path)
-    probs = handler.predict(list(images)).numpy()
+    probs = handler.predictor.probabilities(list(images)).numpy()
     expected = reference.build(
         images, dm.original_sizes("val"), probs, dm.datasets["val"].labels, dm.classes
     )

@@ -31,21 +31,21 @@ def _handlers(export: Path, tmp_path: Path, runtime: str) -> tuple[Any, Any]:
     assert (staged / servable.ONNX).exists()
     fast = load_handler(staged, FakeContext(staged, runtime=runtime))
     eager = load_handler(staged, FakeContext(staged, runtime="eager"))
-    assert (fast.runtime, eager.runtime) == (runtime, "eager")
+    assert (fast.predictor.runtime, eager.predictor.runtime) == (runtime, "eager")
     return fast, eager
 
 
 def _compare(fast: Any, eager: Any, photos: list[bytes], report: Any, name: str) -> None:
-    images = [fast.decode(data)[0] for data in photos]
+    images = [fast.predictor.decode(data)[0] for data in photos]
     found, expected = [], []
     for start in range(0, len(images), 8):  # the server's batch size
-        found.append(fast.predict(images[start : start + 8]))
-        expected.append(eager.predict(images[start : start + 8]))
+        found.append(fast.predictor.probabilities(images[start : start + 8]))
+        expected.append(eager.predictor.probabilities(images[start : start + 8]))
     got, want = torch.cat(found), torch.cat(expected)
     difference = float((got - want).abs().max())
     same = int((got.argmax(-1) == want.argmax(-1)).sum())
     figures = {"images": len(images), "max |dp|": difference, "same label": same}
-    report(f"{fast.runtime} parity, {name}", figures)
+    report(f"{fast.predictor.runtime} parity, {name}", figures)
     assert difference <= servable.PARITY and same == len(images)
 
 
@@ -86,7 +86,7 @@ def test_auto_in_a_worker_serves_a_runtime_that_answers_as_eager(
 ) -> None:
     staged = package.stage(make_export(tmp_path / "export"), tmp_path / "model")
     served = load_handler(staged, FakeContext(staged))
-    assert served.runtime in ("eager", *RUNTIMES)
+    assert served.predictor.runtime in ("eager", *RUNTIMES)
     eager = load_handler(staged, FakeContext(staged, runtime="eager"))
     _compare(served, eager, _jpegs(8), report, "BaselineCNN, auto")
 
@@ -97,7 +97,7 @@ def test_a_runtime_that_differs_is_not_shipped(
     monkeypatch.setattr(servable, "PARITY", -1.0)  # nothing can match: the file must not stay
     staged = package.stage(make_export(tmp_path / "export"), tmp_path / "model")
     assert not (staged / servable.ONNX).exists()
-    assert load_handler(staged, FakeContext(staged)).runtime == "eager"
+    assert load_handler(staged, FakeContext(staged)).predictor.runtime == "eager"
 
 
 def test_a_network_the_exporter_cannot_trace_is_packaged_eager(
@@ -110,7 +110,7 @@ def test_a_network_the_exporter_cannot_trace_is_packaged_eager(
     with pytest.warns(UserWarning, match="BaselineCNN served eager: no ONNX export .*aten::novel"):
         staged = package.stage(make_export(tmp_path / "export"), tmp_path / "model")
     assert not (staged / servable.ONNX).exists()
-    assert load_handler(staged, FakeContext(staged)).runtime == "eager"
+    assert load_handler(staged, FakeContext(staged)).predictor.runtime == "eager"
 
 
 def test_an_unknown_runtime_is_refused_by_name(tmp_path: Path) -> None:

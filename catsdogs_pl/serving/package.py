@@ -32,6 +32,7 @@ from catsdogs_pl.errors import CatsDogsError, exit_code
 
 CODE = places.ROOT / "catsdogs_pl"
 SOURCES = {  # file shipped in the .mar -> where it comes from; the handler imports these names
+    "catsdogs_predictor.py": CODE / "predictor.py",
     "catsdogs_servable.py": CODE / "servable.py",
     "catsdogs_contracts.py": CODE / "contracts.py",
     "catsdogs_capture.py": CODE / "capture.py",

@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
-from catsdogs_pl import preprocessing, servable
+from catsdogs_pl import servable
 from catsdogs_pl.contracts import ForwardPass, Preprocessing
 from catsdogs_pl.data.datamodule import CatsDogsDataModule
 from catsdogs_pl.errors import MissingError
+from catsdogs_pl.predictor import Predictor, normalised
 from catsdogs_pl.training import robustness
 
 AGREEMENT = 0.995  # the least share of photos whose label must be eager float32's
@@ -47,17 +47,8 @@ Sets = dict[str, tuple[np.ndarray, np.ndarray]]  # name -> (uint8 NHWC images, c
 
 
 def logits(forward: Any, pre: Preprocessing, images: np.ndarray) -> np.ndarray:
-    """Logits (N x classes, float32) of uint8 NHWC images, BATCH at a time, normalised as the
-    handler does."""
-    found = []
-    with torch.inference_mode():
-        for start in range(0, len(images), BATCH):
-            chunk = np.ascontiguousarray(images[start : start + BATCH])
-            x = preprocessing.normalize(
-                torch.from_numpy(chunk).permute(0, 3, 1, 2), pre.mean, pre.std
-            )
-            found.append(torch.as_tensor(forward(x)).float().numpy())
-    return np.concatenate(found) if found else np.zeros((0, len(pre.classes)), np.float32)
+    """Logits (N x classes, float32) of uint8 NHWC images, BATCH at a time, as served."""
+    return Predictor(forward, pre).logits(images, BATCH)
 
 
 def predict(forward: Any, pre: Preprocessing, images: np.ndarray) -> np.ndarray:
@@ -112,8 +103,9 @@ def evaluation_sets(
     except MissingError as exc:
         return sets, f"test split only: {exc}", np.array([])
     images, targets, kinds = [], [], []
+    predictor = Predictor(None, pre)  # decodes only
     for path, label, sha256 in chosen:
-        decoded = robustness.decode_all(path, sha256, pre.image_size, pre.limits)
+        decoded = robustness.decode_all(path, sha256, predictor)
         for kind, image in list(zip(robustness.SHIFTS, decoded, strict=True))[1:]:
             if image is not None:  # [0] is the unshifted upload: the test split has it
                 images.append(image)
@@ -146,8 +138,7 @@ def quantize_int8(folder: Path, pre: Preprocessing, calibration: np.ndarray) -> 
     import onnx
 
     def item(image: np.ndarray) -> dict[str, np.ndarray]:
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
-        return {"images": preprocessing.normalize(x, pre.mean, pre.std).numpy()}
+        return {"images": normalised([image], pre).numpy()}
 
     quantized = nncf.quantize(
         onnx.load(folder / servable.ONNX),

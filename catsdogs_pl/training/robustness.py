@@ -34,6 +34,7 @@ from catsdogs_pl.contracts import Preprocessing, Summary
 from catsdogs_pl.data import sources
 from catsdogs_pl.data.prepare import read_manifest
 from catsdogs_pl.errors import ConfigError, MissingError, exit_code
+from catsdogs_pl.predictor import Predictor
 
 PARAM = "data/dataset_version"
 ARTIFACT = "robustness/table.json"
@@ -163,9 +164,7 @@ def check_dataset_version(client: MlflowClient, run_id: str, summary: Summary) -
         )
 
 
-def decode_all(
-    path: Path, sha256: str, size: int, limits: dict[str, int]
-) -> list[np.ndarray | None]:
+def decode_all(path: Path, sha256: str, predictor: Predictor) -> list[np.ndarray | None]:
     """One photo under every shift (None where a shifted upload fails to decode)."""
     data = path.read_bytes()
     if hashlib.sha256(data).hexdigest() != sha256:
@@ -173,19 +172,10 @@ def decode_all(
     out: list[np.ndarray | None] = []
     for shift in SHIFTS.values():
         try:
-            img = shift(preprocessing.open_image(data, **limits), size)
-            out.append(preprocessing.decode(img, size))
+            out.append(predictor.pixels(shift(predictor.open(data), predictor.pre.image_size)))
         except preprocessing.BadImage:
             out.append(None)
     return out
-
-
-def predict(net: torch.nn.Module, pre: Preprocessing, images: list[np.ndarray]) -> np.ndarray:
-    """Class indices for uint8 HWC images: the handler's normalisation, CPU, inference mode."""
-    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
-    x = preprocessing.normalize(batch, pre.mean, pre.std)
-    with torch.inference_mode():
-        return net(x).argmax(-1).numpy()
 
 
 def evaluate(
@@ -196,18 +186,18 @@ def evaluate(
 ) -> dict[str, dict[str, Any]]:
     """Accuracy per shift (overall, per class, its delta to `none`, uploads that failed to decode,
     which count as wrong), reading each photo once and decoding it in threads."""
-    size, classes, limits = pre.image_size, list(pre.classes), pre.limits
+    predictor, classes = Predictor(net, pre), list(pre.classes)
     labels = np.array([label for _, label, _ in photos])
     preds = np.full((len(SHIFTS), len(photos)), -1)
     workers = workers or min(16, len(os.sched_getaffinity(0)))
     with ThreadPoolExecutor(workers) as pool:  # Pillow releases the GIL while decoding
         for start in range(0, len(photos), BATCH):
             chunk = photos[start : start + BATCH]
-            decoded = list(pool.map(lambda p: decode_all(p[0], p[2], size, limits), chunk))
+            decoded = list(pool.map(lambda p: decode_all(p[0], p[2], predictor), chunk))
             for s in range(len(SHIFTS)):
                 ok = [i for i, images in enumerate(decoded) if images[s] is not None]
                 if ok:
-                    found = predict(net, pre, [decoded[i][s] for i in ok])
+                    found = predictor.logits(np.stack([decoded[i][s] for i in ok])).argmax(1)
                     preds[s, [start + i for i in ok]] = found
     table: dict[str, dict[str, Any]] = {}
     for s, name in enumerate(SHIFTS):
