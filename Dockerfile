@@ -3,6 +3,8 @@
 #   serve   TorchServe + the handler + configs/torchserve  -> service `torchserve`
 #   train   serve's code + Lightning, MLflow, the archiver -> service `trainer` (profile `train`)
 #   mlflow  MLflow tracking server and registry, PostgreSQL driver -> service `mlflow`
+#   oip     train's + KServe's Python server: the Open Inference Protocol door -> service `kserve`
+#           (profile `kserve`)
 # Every image runs as the unprivileged user `catsdogs` (uid 10001) and holds no secret: TorchServe
 # makes its tokens at start, passwords come from the environment.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -93,3 +95,15 @@ RUN install -d -o catsdogs -g catsdogs /home/catsdogs/work
 USER 10001:10001
 WORKDIR /home/catsdogs/work
 CMD ["python", "-m", "catsdogs_pl.fit", "--help"]
+
+# --- the second door: a registry version on the Open Inference Protocol (catsdogs_pl/serving/oip.py)
+# on KServe's Python server; train's image has the MLflow client and the runtimes it needs.
+FROM train AS oip
+USER 0:0
+RUN pip install --editable "/app[oip]"
+USER 10001:10001
+WORKDIR /srv/catsdogs
+EXPOSE 8085
+HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8085/v2/health/ready', timeout=4)"]
+CMD ["python", "-m", "catsdogs_pl.serving.oip", "--model-version", "latest"]

@@ -27,8 +27,8 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/hadolint Dockerfile
-	$(VENV)/bin/docker-compose --profile train config --quiet
-	$(VENV)/bin/docker-compose -f docker-compose.yml -f tests/stack/compose.host.yml --profile train config --quiet
+	$(VENV)/bin/docker-compose --profile train --profile kserve config --quiet
+	$(VENV)/bin/docker-compose -f docker-compose.yml -f tests/stack/compose.host.yml --profile train --profile kserve config --quiet
 	$(VENV)/bin/actionlint
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash k8s/validate.sh
 

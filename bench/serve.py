@@ -16,19 +16,23 @@ preprocessing keeps), one after the other, in the same run:
 5. torchserve-shipped: TorchServe on the same export as it was served before the forward gate
    (flip TTA, float32): what the accepted forward pass buys, measured in the same run.
 6. litserve-eager: LitServe as its users write it, eager PyTorch at batch 8 on the same export.
+7. kserve: the second door, catsdogs_pl/serving/oip.py (KServe's Python server, Open Inference
+   Protocol) on the staged folder TorchServe serves, `--workers` requests at once; each request
+   one photo's raw bytes in the v2 binary data extension, as tritonclient sends them.
 Servers get closed-loop clients (threads, one keep-alive connection each) at each concurrency for
 `--duration` seconds after a warm-up; figures: requests/s, latency percentiles, errors. Where the
 time goes: the in-process ms per image of each stage (open, decode, normalize, forward) and, for
 TorchServe, the mean ms per request split by its own counters (client and HTTP, queue, batching
 and worker IPC, handler).
 
-The peers (3, 4) need the bench extra, not a project dependency: pip install -e '.[bench]'
+The peers (3, 4) need the bench extra, not a project dependency: pip install -e '.[bench]';
+kserve (7) the oip extra.
 
 Usage: python bench/serve.py (--export-dir DIR | --model-version N [--tracking-uri URI])
        [--data ../shared/data] [--duration 15] [--concurrency 1 4 16]
        [--workers W] [--torch-threads T] [--batch-size B] [--max-batch-delay MS]
        [--fastapi-torch-threads N] [--runtime auto|openvino|onnx|eager] [--netty-threads N]
-       [--servers torchserve torchserve-shipped litserve litserve-eager fastapi]
+       [--servers torchserve torchserve-shipped litserve litserve-eager fastapi kserve]
 """
 
 from __future__ import annotations
@@ -66,7 +70,7 @@ from catsdogs_pl.serving import torchserve as ts
 
 WARMUP_S = 2.0
 MIN_PHOTO_BYTES = 5_000  # thumbnails and stubs are not the photos users send
-TS_PORT, FASTAPI_PORT, LITSERVE_PORT = 18080, 18090, 18100
+TS_PORT, FASTAPI_PORT, LITSERVE_PORT, KSERVE_PORT = 18080, 18090, 18100, 18110
 TS_ENV = {  # every port TorchServe opens, moved away from the defaults the tests use
     "TS_INFERENCE_ADDRESS": f"http://127.0.0.1:{TS_PORT}",
     "TS_MANAGEMENT_ADDRESS": "http://127.0.0.1:18081",
@@ -85,11 +89,12 @@ SERVER_CLOCKS = (  # TorchServe's counters, and our handler's histogram (configs
 )
 # torchserve-shipped: the same export as served before the forward gate (flip TTA, float32);
 # litserve-eager: LitServe as its users write it (eager PyTorch, batch 8) on the same export
-SERVERS = ("torchserve", "torchserve-shipped", "litserve", "litserve-eager", "fastapi")
+SERVERS = ("torchserve", "torchserve-shipped", "litserve", "litserve-eager", "fastapi", "kserve")
 EXTRAS = {  # the bench-only packages each peer server needs (import names)
     "fastapi": ("fastapi", "uvicorn", "python_multipart"),
     "litserve": ("litserve", "fastapi", "uvicorn", "python_multipart"),
     "litserve-eager": ("litserve", "fastapi", "uvicorn", "python_multipart"),
+    "kserve": ("kserve", "tritonclient"),  # the oip extra
 }
 USERS_BATCH = 8  # litserve-eager's batch size
 
@@ -180,12 +185,13 @@ def run_for(lanes: int, duration: float, step: Callable[[int, int], T]) -> list[
 def http_load(
     port: int,
     path: str,
-    headers: dict[str, str],
+    headers: dict[str, str] | list[dict[str, str]],
     bodies: list[bytes],
     concurrency: int,
     duration: float,
 ) -> dict[str, float | None]:
-    """Closed loop: `concurrency` clients, each sending the next photo when its answer arrived.
+    """Closed loop: `concurrency` clients, each sending the next photo when its answer arrived
+    (`headers`: the same for every body, or one per body).
     `all_mean_ms`: the mean of every answer, the warm-up's too, as the server's counters see them."""
     conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=60) for _ in range(concurrency)]
     every, lock = [0.0, 0], threading.Lock()  # seconds and count of all answers
@@ -194,7 +200,10 @@ def http_load(
         conn = conns[lane]
         start = time.perf_counter()
         try:
-            conn.request("POST", path, bodies[(lane * 37 + i) % len(bodies)], headers)
+            k = (lane * 37 + i) % len(bodies)
+            conn.request(
+                "POST", path, bodies[k], headers[k] if isinstance(headers, list) else headers
+            )
             response = conn.getresponse()
             response.read()
         except (OSError, http.client.HTTPException):
@@ -345,16 +354,16 @@ def multipart(data: bytes) -> bytes:
 
 
 def server_load(
-    script: str,
-    options: list[str],
+    cmd: list[str],
     port: int,
-    images: list[bytes],
+    path: str,
+    headers: dict[str, str] | list[dict[str, str]],
+    bodies: list[bytes],
     levels: list[int],
     duration: float,
 ) -> dict[int, dict[str, Any]]:
-    """Load figures per concurrency of a bench server (`POST /predict`, multipart field `file`)
-    run as a subprocess: bench/fastapi_server.py or bench/litserve_server.py."""
-    cmd = [sys.executable, str(Path(__file__).with_name(script)), *options, "--port", str(port)]
+    """Load figures per concurrency of a server run as a subprocess by `cmd`, listening on
+    `port`: bench/fastapi_server.py, bench/litserve_server.py or the KServe door."""
     if listening(port):  # a server left over would be measured in place of this one
         raise SystemExit(f"port {port} is in use: stop what listens there, then run again")
     # its own process group: LitServe's workers and API servers are children, stopped with it
@@ -365,9 +374,7 @@ def server_load(
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"the server did not start: {' '.join(cmd)}")
             time.sleep(0.5)
-        headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
-        bodies = [multipart(data) for data in images]
-        return {c: http_load(port, "/predict", headers, bodies, c, duration) for c in levels}
+        return {c: http_load(port, path, headers, bodies, c, duration) for c in levels}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -375,6 +382,41 @@ def server_load(
         time.sleep(1)  # the group's children exit after their parent
         if listening(port):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def bench_server(
+    script: str,
+    options: list[str],
+    port: int,
+    images: list[bytes],
+    levels: list[int],
+    duration: float,
+) -> dict[int, dict[str, Any]]:
+    """A peer of bench/ (`POST /predict`, multipart field `file`)."""
+    cmd = [sys.executable, str(Path(__file__).with_name(script)), *options, "--port", str(port)]
+    headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+    bodies = [multipart(data) for data in images]
+    return server_load(cmd, port, "/predict", headers, bodies, levels, duration)
+
+
+def kserve_load(
+    model_dir: Path, options: list[str], images: list[bytes], levels: list[int], duration: float
+) -> dict[int, dict[str, Any]]:
+    """The second door (catsdogs_pl/serving/oip.py) on the staged folder: one image a request,
+    its raw bytes in the v2 binary data extension, as tritonclient sends them."""
+    import tritonclient.http as triton
+
+    bodies, headers = [], []
+    for data in images:
+        image = triton.InferInput("image", [1], "BYTES")
+        image.set_data_from_numpy(np.array([data], dtype=object))
+        body, length = triton.InferenceServerClient.generate_request_body([image])
+        bodies.append(body)
+        headers.append({"Inference-Header-Content-Length": str(length)})
+    os.environ["TS_OIP_ADDRESS"] = f"http://127.0.0.1:{KSERVE_PORT}"
+    cmd = [sys.executable, "-m", "catsdogs_pl.serving.oip", "--model-dir", str(model_dir), *options]
+    path = f"/v2/models/{places.MODEL_NAME}/infer"
+    return server_load(cmd, KSERVE_PORT, path, headers, bodies, levels, duration)
 
 
 def listening(port: int) -> bool:
@@ -471,7 +513,7 @@ def main() -> None:
         threads = args.fastapi_torch_threads or args.torch_threads
         if "fastapi" in args.servers:
             options = ["--export-dir", str(export_dir), "--torch-threads", str(threads)]
-            served["fastapi"] = server_load(
+            served["fastapi"] = bench_server(
                 "fastapi_server.py", options, FASTAPI_PORT, images, args.concurrency, args.duration
             )
         peers = {
@@ -485,7 +527,7 @@ def main() -> None:
             options += ["--workers", str(workers), "--torch-threads", str(args.torch_threads)]
             options += ["--batch-size", str(batch)]
             options += ["--batch-timeout", str(args.max_batch_delay / 1000)]
-            served[name] = server_load(
+            served[name] = bench_server(
                 "litserve_server.py",
                 options,
                 LITSERVE_PORT,
@@ -494,12 +536,22 @@ def main() -> None:
                 args.duration,
             )
 
+        if "kserve" in args.servers:
+            options = ["--runtime", args.runtime, "--threads", str(workers)]
+            served["kserve"] = kserve_load(
+                model_dir, options, images, args.concurrency, args.duration
+            )
+
     top = max(args.concurrency)
     rates = {name: levels[top]["requests_per_s"] for name, levels in served.items()}
     ratios = {"torchserve_over_in_process_limit": ratio(rates.get("torchserve", 0.0), limit)}
     for peer in ("torchserve-shipped", "litserve", "litserve-eager", "fastapi"):
         if "torchserve" in rates and peer in rates:
             ratios[f"torchserve_over_{peer}"] = ratio(rates["torchserve"], rates[peer])
+    if "torchserve" in rates and "kserve" in rates:  # #36: the second door must keep >= 0.9x
+        ratios["kserve_over_torchserve"] = ratio(rates["kserve"], rates["torchserve"])
+        ratios["kserve_p99_ms"] = served["kserve"][top]["p99_ms"]
+        ratios["torchserve_p99_ms"] = served["torchserve"][top]["p99_ms"]
     result = {
         "photos": len(images),
         "cores": cores,

@@ -74,6 +74,20 @@ class Answers:
         """The label of each accepted upload."""
         return [classes[k] for k in self.probabilities.argmax(axis=1)] if self.images else []
 
+    def part(self, start: int, stop: int) -> Answers:
+        """The answers of uploads[start:stop] alone: a server that batched several requests
+        into one forward pass hands each its own (the timings are the whole batch's)."""
+        accepted = [i for i, r in enumerate(self.results) if not isinstance(r, BadImage)]
+        rows = [k for k, i in enumerate(accepted) if start <= i < stop]
+        return Answers(
+            self.results[start:stop],
+            [self.images[k] for k in rows],
+            [self.sizes[k] for k in rows],
+            self.probabilities[rows],
+            self.decode_s,
+            self.forward_s,
+        )
+
 
 class Predictor:
     """A network, its preprocessing, its forward pass and temperature; `load` reads them from a
@@ -107,12 +121,13 @@ class Predictor:
         threads: int = 1,
         batch: int = 8,
         max_bytes: int | None = None,
+        streams: int = 1,
     ) -> Predictor:
         """The predictor `folder` serves: the forward pass the forward gate accepted where this
         host has its units, else the fastest float32 one here (servable.forward), divided by the
-        temperature fitted at publish (calibration.json)."""
+        temperature fitted at publish (calibration.json). `streams`: calls it takes at once."""
         net, pre = servable.load(folder, weights)
-        forward = servable.forward(folder, net, runtime, threads, batch)
+        forward = servable.forward(folder, net, runtime, threads, batch, streams)
         return cls(net, pre, forward, servable.temperature(folder), max_bytes)
 
     def open(self, data: bytes) -> Any:

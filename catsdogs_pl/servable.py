@@ -172,14 +172,16 @@ class OpenVinoNet:
 
     runtime = "openvino"
 
-    def __init__(self, path: Path, threads: int = 1, precision: str = "f32") -> None:
+    def __init__(
+        self, path: Path, threads: int = 1, precision: str = "f32", streams: int = 1
+    ) -> None:
         import openvino
 
         self.precision = precision
-        config = {
+        config = {  # `streams` calls at once (from as many threads), `threads` threads each
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-            "INFERENCE_NUM_THREADS": threads,
-            "NUM_STREAMS": 1,
+            "INFERENCE_NUM_THREADS": threads * streams,
+            "NUM_STREAMS": streams,
             "ENABLE_CPU_PINNING": False,
         }
         self.model = openvino.Core().compile_model(str(path), "CPU", config)
@@ -279,23 +281,36 @@ def accepted(folder: Path) -> ForwardPass | None:
 
 
 def forward(
-    folder: Path, net: nn.Module, runtime: str = "auto", threads: int = 1, batch: int = 8
+    folder: Path,
+    net: nn.Module,
+    runtime: str = "auto",
+    threads: int = 1,
+    batch: int = 8,
+    streams: int = 1,
 ) -> Any:
     """What computes the logits in serving. `auto`: the reduced-precision pass the forward gate
     accepted (forward.json), where this host has its units; else, where `folder` holds
     model.onnx, whichever of the eager network and the installed runtimes (OpenVINO, ONNX
     Runtime) runs a batch of `batch` fastest on this machine, measured at load (no one runtime
     wins on every network: see the README's serving figures); else the eager network. A runtime
-    named (`openvino`, `onnx`, `eager`) is used as asked, in float32."""
+    named (`openvino`, `onnx`, `eager`) is used as asked, in float32. `streams`: how many
+    threads will call it at once (a server without workers of its own, serving/oip.py); ONNX
+    Runtime and eager PyTorch take concurrent calls as they are, OpenVINO needs a stream each."""
     if runtime not in ("auto", *RUNTIMES, "eager"):
         raise ValueError(f"runtime={runtime!r}: use auto, {', '.join(RUNTIMES)} or eager")
     if runtime == "auto" and (chosen := accepted(folder)) is not None:
-        return OpenVinoNet(folder / chosen.model, threads, chosen.precision)
+        return OpenVinoNet(folder / chosen.model, threads, chosen.precision, streams)
     if runtime == "eager" or (runtime == "auto" and not (folder / ONNX).exists()):
         return net
+
+    def graph(name: str) -> Any:
+        if name == "openvino":
+            return OpenVinoNet(folder / ONNX, threads, streams=streams)
+        return RUNTIMES[name](folder / ONNX, threads)
+
     if runtime != "auto":
-        return RUNTIMES[runtime](folder / ONNX, threads)
-    candidates = [net, *(RUNTIMES[name](folder / ONNX, threads) for name in installed_runtimes())]
+        return graph(runtime)
+    candidates = [net, *map(graph, installed_runtimes())]
     size = Preprocessing.read(folder).image_size
     x = torch.zeros(batch, 3, size, size)
     return min(candidates, key=lambda candidate: seconds(candidate, x))

@@ -17,17 +17,29 @@ from catsdogs_pl import mlflow_server, places
 from catsdogs_pl.serving import serve
 from tests.helpers.deployment import ALERTS, COMPOSE_FILE, compose_binary, compose_config
 
-SERVICES = {"torchserve", "monitor", "mlflow", "postgres", "prometheus", "grafana", "trainer"}
+SERVICES = {
+    "torchserve",
+    "monitor",
+    "mlflow",
+    "postgres",
+    "prometheus",
+    "grafana",
+    "trainer",
+    "kserve",
+}
 CONFIGS = places.ROOT / "configs"
 HOST_OVERRIDE = places.ROOT / "tests" / "stack" / "compose.host.yml"
 
 
-def test_seven_services_with_healthchecks_and_ordered_start() -> None:
+def test_eight_services_with_healthchecks_and_ordered_start() -> None:
     services = compose_config()["services"]
     assert set(services) == SERVICES
     for name, service in services.items():
         assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
     assert services["trainer"]["profiles"] == ["train"]
+    assert services["kserve"]["profiles"] == ["kserve"]  # the second door, on demand
+    assert services["kserve"]["depends_on"]["mlflow"]["condition"] == "service_healthy"
+    assert "/v2/health/ready" in services["kserve"]["healthcheck"]["test"][-1]
     assert services["mlflow"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
     assert services["monitor"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
@@ -44,6 +56,7 @@ def test_only_the_inference_port_leaves_the_host() -> None:
         for p in service.get("ports", [])
     }
     assert published.pop(("torchserve", 8080)) is None  # the inference API, on every interface
+    assert published.pop(("kserve", 8085)) is None  # and the second door's, the same way
     assert published[("torchserve", 8081)] == "127.0.0.1"  # management
     assert all(ip == "127.0.0.1" for ip in published.values()), published
     inference = next(p for p in services["torchserve"]["ports"] if p["target"] == 8080)
@@ -203,7 +216,7 @@ def test_workflow_pushes_the_images_its_stack_test_passed() -> None:
 def _host_config(**env: str) -> dict:
     """compose_config() with tests/stack/compose.host.yml on top (host networking)."""
     cmd = [compose_binary(), "-f", str(COMPOSE_FILE), "-f", str(HOST_OVERRIDE)]
-    cmd += ["--profile", "train", "config", "--format", "json"]
+    cmd += ["--profile", "train", "--profile", "kserve", "config", "--format", "json"]
     out = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 

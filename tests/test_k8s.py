@@ -28,8 +28,9 @@ OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if p.is_dir())
 INFERENCE_PORT = 8080
 MANAGEMENT_PORT = 8081
 MANAGEMENT_SERVICE = "torchserve-management"
-WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
-SERVERS = {"Deployment", "StatefulSet", "DaemonSet"}  # long-running: probes required
+# KServe's InferenceService (k8s/components/kserve) is a server whose predictor is a pod spec
+WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "InferenceService"}
+SERVERS = {"Deployment", "StatefulSet", "DaemonSet", "InferenceService"}  # probes required
 # a name segment that marks an env var as secret-bearing (POSTGRES_PASSWORD, API_KEY, ...)
 SECRET_WORDS = {"PASSWORD", "PASSWD", "SECRET", "TOKEN", "KEY", "APIKEY", "CREDENTIALS"}
 Objects = list[dict[str, Any]]
@@ -58,6 +59,8 @@ def rendered() -> dict[str, Objects]:
 
 
 def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    if obj["kind"] == "InferenceService":
+        return obj["spec"]["predictor"]
     return obj["spec"]["template"]["spec"]
 
 
@@ -88,7 +91,7 @@ def labels_match(selector: dict[str, str], labels: dict[str, str]) -> bool:
 
 
 def pod_labels(obj: dict[str, Any]) -> dict[str, str]:
-    return obj["spec"]["template"]["metadata"].get("labels", {})
+    return obj["spec"].get("template", {}).get("metadata", {}).get("labels", {})
 
 
 def selected_ports(service: dict[str, Any], objects: Objects) -> list[dict[str, Any]]:
@@ -316,11 +319,15 @@ def literal_secrets(objects: Objects) -> list[str]:
 
 
 SIGNING_SECRET, VERIFY_MAP = "catsdogs-signing-key", "catsdogs-verify-key"
+VERIFIERS = (  # the containers that load versions: each verifies them with the public key
+    "Deployment/torchserve containers/torchserve",
+    "InferenceService/catsdogs containers/kserve-container",
+)
 
 
 def exposed_signing_key(objects: Objects) -> list[str]:
-    """The private key's Secret mounted by the train Job's `fit` alone (it signs); TorchServe
-    verifies with the public key's ConfigMap, mounted where CATSDOGS_VERIFY_KEY points."""
+    """The private key's Secret mounted by the train Job's `fit` alone (it signs); the servers
+    verify with the public key's ConfigMap, mounted where CATSDOGS_VERIFY_KEY points."""
     found = []
     for obj in workloads(objects):
         spec = pod_spec(obj)
@@ -335,7 +342,7 @@ def exposed_signing_key(objects: Objects) -> list[str]:
                 and where != "Job/catsdogs-train initContainers/fit"
             ):
                 found.append(f"{where} mounts the private signing key")
-            if where == "Deployment/torchserve containers/torchserve":
+            if where in VERIFIERS:
                 key = next(
                     (e.get("value") for e in c["env"] if e["name"] == "CATSDOGS_VERIFY_KEY"), ""
                 )

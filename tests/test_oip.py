@@ -51,20 +51,20 @@ def _binary_request(images: list[bytes], extra: np.ndarray) -> tuple[bytes, int]
     return body, length
 
 
-def test_raw_image_bytes_move_into_the_json_as_base64() -> None:
+def test_raw_image_bytes_are_set_aside_and_other_inputs_stay_binary() -> None:
     extra = np.arange(4, dtype=np.float32)
     body, length = _binary_request(IMAGES[:2], extra)
-    moved, new_length = oip._base64_bytes_inputs(body, length)
+    moved, new_length, raw = oip._set_aside_bytes_inputs(body, length)
     header = json.loads(moved[:new_length])
     image, x = header["inputs"]
-    assert [base64.b64decode(d) for d in image["data"]] == IMAGES[:2]
+    assert raw == {"image": IMAGES[:2]} and image["data"] == ["", ""]
     assert "binary_data_size" not in image["parameters"]
     assert x["parameters"]["binary_data_size"] == 16  # another input's bytes stay binary
     assert np.array_equal(np.frombuffer(moved[new_length:], np.float32), extra)
 
 
 def test_a_body_that_does_not_parse_passes_as_it_came() -> None:
-    assert oip._base64_bytes_inputs(b"not json", 8) == (b"not json", 8)
+    assert oip._set_aside_bytes_inputs(b"not json", 8) == (b"not json", 8, {})
 
 
 def _through_door(path: str, method: str = "GET", version: str = "3") -> tuple[int, Any]:

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
+import contextvars
 import json
+import logging
 import sys
 import tempfile
 import threading
@@ -43,11 +44,12 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import torch
+import yaml
 
 from catsdogs_pl import places, registry, servable, signing
 from catsdogs_pl.errors import exit_code
 from catsdogs_pl.monitoring import stats
-from catsdogs_pl.predictor import BadImage, Predictor, from_base64
+from catsdogs_pl.predictor import Answers, BadImage, Predictor, from_base64
 from catsdogs_pl.serving import package
 
 INPUT, LABEL, PROBABILITIES = "image", "label", "probabilities"
@@ -78,6 +80,48 @@ class Counts:
             yield metric
 
 
+class Batcher:
+    """TorchServe's batching, for a server that has none: the images of requests in flight are
+    answered together, up to `size` a forward pass, gathered for at most `delay_s` after the
+    first, by `runners` threads at once (TorchServe's workers). `work` gets the uploads of each
+    request of a batch and returns each request's Answers; it runs off the event loop, so the
+    loop only moves bytes."""
+
+    def __init__(self, work: Any, runners: int, size: int, delay_s: float) -> None:
+        self.work, self.runners, self.size, self.delay_s = work, runners, size, delay_s
+        self.pool = ThreadPoolExecutor(runners, thread_name_prefix="catsdogs-predict")
+        self.queue: asyncio.Queue | None = None  # made in the server's event loop
+
+    async def submit(self, uploads: list[bytes]) -> Any:
+        """The Answers of `uploads`, computed in a batch with whatever else is in flight."""
+        if self.queue is None:
+            self.queue = asyncio.Queue()
+            self.tasks = [asyncio.create_task(self._run()) for _ in range(self.runners)]
+        done = asyncio.get_running_loop().create_future()
+        await self.queue.put((uploads, done))
+        return await done
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            count, deadline = len(batch[0][0]), loop.time() + self.delay_s
+            while count < self.size and (left := deadline - loop.time()) > 0:
+                try:
+                    batch.append(await asyncio.wait_for(self.queue.get(), left))
+                except TimeoutError:
+                    break
+                count += len(batch[-1][0])
+            try:
+                parts = await loop.run_in_executor(self.pool, self.work, [b[0] for b in batch])
+            except Exception as exc:  # noqa: BLE001 (each waiting request fails with it)
+                for _, done in batch:
+                    done.set_exception(exc)
+                continue
+            for (_, done), part in zip(batch, parts, strict=True):
+                done.set_result(part)
+
+
 def model(folder: Path, version: str, runtime: str = "auto", threads: int = 2) -> Any:
     """The kserve.Model serving `folder` as registry version `version` (made here, so that this
     module imports without kserve, an optional extra); `threads` requests (each a batch of
@@ -99,13 +143,12 @@ def model(folder: Path, version: str, runtime: str = "auto", threads: int = 2) -
         def __init__(self) -> None:
             super().__init__(places.MODEL_NAME)
             self.version = version
-            self.pool = ThreadPoolExecutor(threads, thread_name_prefix="catsdogs-predict")
 
         def load(self) -> bool:
             key = signing.public_key(places.home())
             signing.verify(folder, key, signing.archive_files(folder))  # before anything loads
             torch.set_num_threads(1)  # one core per request in flight: `threads` in all
-            self.predictor = Predictor.load(folder, runtime=runtime, batch=8)
+            self.predictor = Predictor.load(folder, runtime=runtime, batch=8, streams=threads)
             counts.add(
                 "CatsDogsForwardPass",
                 1,
@@ -115,8 +158,43 @@ def model(folder: Path, version: str, runtime: str = "auto", threads: int = 2) -
                 model_version=version,
             )
             print(f"catsdogs v{version}: signature verified with {key}; {self.describe()}")
+            shipped = yaml.safe_load(places.MODEL_CONFIG.read_text())  # TorchServe's batching
+            delay_s = shipped["maxBatchDelay"] / 1e3
+            self.batcher = Batcher(self.answer, threads, shipped["batchSize"], delay_s)
             self.ready = True
             return True
+
+        def answer(self, requests: list[list[bytes]]) -> list[Any]:
+            """Each request's Answers from one forward pass over all their uploads, the inputs
+            of the requests answered counted into the statistics (a request with a bad image
+            is refused whole: none of its images is counted)."""
+            answers = self.predictor.predict([data for sent in requests for data in sent])
+            parts, start = [], 0
+            for sent in requests:
+                parts.append(answers.part(start, start + len(sent)))
+                start += len(sent)
+            if any(isinstance(r, BadImage) for r in answers.results):
+                clean = [p for p in parts if not any(isinstance(r, BadImage) for r in p.results)]
+                answers = Answers(
+                    [r for p in clean for r in p.results],
+                    [i for p in clean for i in p.images],
+                    [z for p in clean for z in p.sizes],
+                    np.concatenate([p.probabilities for p in clean] or [answers.probabilities[:0]]),
+                    answers.decode_s,
+                    answers.forward_s,
+                )
+            if answers.images:
+                for name, found in self.predictor.statistics(answers).items():
+                    cumulative = np.cumsum(found).tolist()
+                    for le, n in zip(stats.le_labels(name), cumulative, strict=True):
+                        counts.add(
+                            f"{stats.METRIC}_bucket",
+                            n,
+                            statistic=name,
+                            le=le,
+                            model_version=version,
+                        )
+            return parts
 
         def describe(self) -> str:
             p = self.predictor
@@ -137,8 +215,7 @@ def model(folder: Path, version: str, runtime: str = "auto", threads: int = 2) -
         ) -> InferResponse:
             start = time.perf_counter()
             uploads = _uploads(payload, InvalidInput)
-            loop = asyncio.get_running_loop()
-            answers = await loop.run_in_executor(self.pool, self.predictor.predict, uploads)
+            answers = await self.batcher.submit(uploads)
             bad = [(i, r) for i, r in enumerate(answers.results) if isinstance(r, BadImage)]
             for _, refused in bad:
                 counts.add(
@@ -151,11 +228,6 @@ def model(folder: Path, version: str, runtime: str = "auto", threads: int = 2) -
                 counts.add(
                     "CatsDogsPredictions", labels.count(name), Label=name, model_version=version
                 )
-            for name, found in self.predictor.statistics(answers).items():
-                for le, n in zip(stats.le_labels(name), np.cumsum(found).tolist(), strict=True):
-                    counts.add(
-                        f"{stats.METRIC}_bucket", n, statistic=name, le=le, model_version=version
-                    )
             probs = answers.probabilities.astype(np.float32)
             outputs = [
                 InferOutput(LABEL, [len(labels)], "BYTES", labels),
@@ -169,19 +241,29 @@ def model(folder: Path, version: str, runtime: str = "auto", threads: int = 2) -
     return Model()
 
 
+# the raw BYTES inputs of the request being answered, by input name (Door sets them)
+RAW: contextvars.ContextVar[dict[str, list[bytes]] | None] = contextvars.ContextVar(
+    "raw", default=None
+)
+
+
 def _uploads(payload: Any, invalid: type[Exception]) -> list[bytes]:
-    """The image bytes of a v2 request: its one BYTES input, raw or base64 per element."""
+    """The image bytes of a v2 request: its one BYTES input, each element base64 (JSON) or, sent
+    in the binary data extension, the raw bytes Door kept aside for it."""
     found = [i for i in payload.inputs if i.name == INPUT]
     if len(found) != 1 or found[0].datatype != "BYTES":
         names = ", ".join(f"{i.name} ({i.datatype})" for i in payload.inputs) or "none"
         raise invalid(f'send one BYTES input named "{INPUT}" holding the images (got {names})')
-    values = found[0].as_numpy().reshape(-1).tolist()
-    uploads = []
-    for i, value in enumerate(values):
-        try:
-            uploads.append(value if isinstance(value, bytes) else from_base64(value))
-        except BadImage as exc:
-            raise invalid(f"image[{i}]: {exc}") from exc
+    raw = RAW.get() or {}
+    if INPUT in raw:
+        uploads = raw[INPUT]
+    else:
+        uploads = []
+        for i, value in enumerate(found[0].as_numpy().reshape(-1).tolist()):
+            try:
+                uploads.append(from_base64(value))
+            except BadImage as exc:
+                raise invalid(f"image[{i}]: {exc}") from exc
     if not uploads:
         raise invalid(f'the input "{INPUT}" holds no image')
     return uploads
@@ -192,8 +274,9 @@ class Door:
     - /v2/models/catsdogs/versions/N/... is the unversioned path where N is the version served,
       and a 404 naming it otherwise (KServe's server has no versions);
     - a request whose BYTES input travels in the binary data extension (raw image bytes, as
-      tritonclient sends them) has that input moved into the JSON as base64: KServe 0.21 decodes
-      every binary BYTES element as UTF-8 text and answers a photo with a 500;
+      tritonclient sends them) has those bytes set aside for `_uploads` (RAW) and empty elements
+      in their place: KServe 0.21 decodes every binary BYTES element as UTF-8 text and answers
+      a photo with a 500 (and JSON-parsing a base64 photo would cost the event loop more);
     - a JSON request without a content type (tritonclient's) gets the header that tells KServe
       where its JSON ends, which KServe otherwise refuses."""
 
@@ -218,8 +301,9 @@ class Door:
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
         body = await _body(receive)
+        raw: dict[str, list[bytes]] = {}
         if self.HEADER in headers:
-            body, length = _base64_bytes_inputs(body, int(headers[self.HEADER]))
+            body, length, raw = _set_aside_bytes_inputs(body, int(headers[self.HEADER]))
         else:  # JSON alone; tritonclient sends it with no content type, which KServe needs
             length = len(body)
         fixed = {
@@ -227,9 +311,6 @@ class Door:
             self.HEADER: str(length).encode(),
             b"content-length": str(len(body)).encode(),
         }
-        if length == len(body):  # nothing binary is left: a plain JSON request
-            fixed.pop(self.HEADER)
-            fixed[b"content-type"] = b"application/json"
         scope = {**scope, "headers": list(fixed.items())}
         sent = False
 
@@ -240,7 +321,11 @@ class Door:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
 
-        await self.app(scope, replay, send)
+        token = RAW.set(raw)  # the endpoint runs in this task: `_uploads` finds them
+        try:
+            await self.app(scope, replay, send)
+        finally:
+            RAW.reset(token)
 
 
 async def _body(receive: Any) -> bytes:
@@ -267,13 +352,14 @@ async def _answer(send: Any, status: int, content: dict) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def _base64_bytes_inputs(body: bytes, length: int) -> tuple[bytes, int]:
-    """A binary-extension request with its BYTES inputs moved into the JSON header as base64
-    elements; returns the new body and the new header length. A body that does not parse is
-    passed on as it came, for KServe to refuse."""
+def _set_aside_bytes_inputs(body: bytes, length: int) -> tuple[bytes, int, dict[str, list[bytes]]]:
+    """A binary-extension request with its BYTES inputs taken out: in the JSON header each
+    element becomes "" (KServe parses nothing of it), and their bytes are returned by input
+    name. Returns the new body, its header length and those bytes; a body that does not parse
+    is passed on as it came, for KServe to refuse."""
     try:
         header = json.loads(body[:length])
-        rest, out = memoryview(body)[length:], []
+        rest, out, raw = memoryview(body)[length:], [], {}
         for item in header.get("inputs", []):
             size = (item.get("parameters") or {}).get("binary_data_size")
             if size is None:
@@ -285,14 +371,15 @@ def _base64_bytes_inputs(body: bytes, length: int) -> tuple[bytes, int]:
             elements, at = [], 0
             while at < len(data):
                 n = int.from_bytes(data[at : at + 4], "little")
-                elements.append(base64.b64encode(data[at + 4 : at + 4 + n]).decode())
+                elements.append(data[at + 4 : at + 4 + n])
                 at += 4 + n
-            item["data"] = elements
+            raw[item["name"]] = elements
+            item["data"] = [""] * len(elements)
             item["parameters"].pop("binary_data_size")
         new = json.dumps(header).encode()
     except (ValueError, KeyError, TypeError, AttributeError):
-        return body, length
-    return new + b"".join(out) + bytes(rest), len(new)
+        return body, length, {}
+    return new + b"".join(out) + bytes(rest), len(new), raw
 
 
 def unpack(mar: Path, into: Path) -> Path:
@@ -318,7 +405,10 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="the forward pass, as model-config.yaml's handler.runtime (default auto)",
     )
-    parser.add_argument("--threads", type=int, default=2, help="requests answered at once")
+    parser.add_argument("--threads", type=int, default=2, help="batches answered at once")
+    parser.add_argument(
+        "--access-log", action="store_true", help="a log line per request (costs throughput)"
+    )
     args = parser.parse_args(argv)
     chosen = [a for a in registry.VERSION_ARGUMENTS if getattr(args, a)]
     if bool(chosen) == bool(args.model_dir):
@@ -338,7 +428,12 @@ def main(argv: list[str] | None = None) -> int:
 
         model_server.app.add_middleware(Door, version=version)
         port = urlsplit(places.address("oip", bind=True)).port
-        ModelServer(http_port=port, enable_grpc=False, workers=1).start([served])
+        server = ModelServer(
+            http_port=port, enable_grpc=False, workers=1, enable_latency_logging=False
+        )
+        for name in ("kserve.trace", "uvicorn.access"):  # lines per request: --access-log
+            logging.getLogger(name).setLevel(logging.INFO if args.access_log else logging.WARNING)
+        server.start([served])
     return 0
 
 

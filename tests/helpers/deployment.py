@@ -46,8 +46,17 @@ def compose_binary() -> str:
 
 
 def compose_config(**env: str) -> dict[str, Any]:
-    """`docker compose --profile train config` as JSON, with `env` as the caller's environment."""
-    cmd = [compose_binary(), "--file", str(COMPOSE_FILE), "--profile", "train", "config"]
+    """`docker compose --profile train --profile kserve config` as JSON, with `env` as the caller's environment."""
+    cmd = [
+        compose_binary(),
+        "--file",
+        str(COMPOSE_FILE),
+        "--profile",
+        "train",
+        "--profile",
+        "kserve",
+        "config",
+    ]
     cmd += ["--format", "json"]
     out = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
