@@ -18,6 +18,7 @@ Usage: python bench/serve_size.py (--export-dir DIR | --model-version N [--track
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -29,9 +30,10 @@ import torch
 from forward_passes import rate
 from serve import add_export_arguments, export_folder
 
-from catsdogs_pl import preprocessing, servable
+from catsdogs_pl import servable
 from catsdogs_pl.contracts import Preprocessing
 from catsdogs_pl.data.prepare import read_manifest
+from catsdogs_pl.predictor import Predictor
 from catsdogs_pl.training import calibration, robustness
 
 
@@ -59,15 +61,15 @@ def score(
     labels: list[str],
     size: int,
 ) -> dict[str, Any]:
-    """Accuracy (overall and per class) and served ECE of `data` decoded at `size`."""
+    """Accuracy (overall and per class) and served ECE of `data` decoded at `size`: the served
+    predict path (catsdogs_pl/predictor.py) with the network's input at `size`."""
+    predictor = Predictor(net, dataclasses.replace(pre, image_size=size), temperature=temperature)
     with ThreadPoolExecutor(2) as pool:
-        images = list(pool.map(lambda b: preprocessing.load_rgb(b, size, **pre.limits), data))
-    probs = []
-    with torch.inference_mode():
-        for start in range(0, len(images), 64):
-            batch = torch.from_numpy(np.stack(images[start : start + 64])).permute(0, 3, 1, 2)
-            x = preprocessing.normalize(batch, pre.mean, pre.std)
-            probs.append((net(x) / temperature).softmax(-1).numpy())
+        images = list(pool.map(lambda b: predictor.decode(b)[0], data))
+    probs = [
+        predictor.probabilities(images[start : start + 64]).numpy()
+        for start in range(0, len(images), 64)
+    ]
     p = np.concatenate(probs)
     targets = np.array([pre.classes.index(label) for label in labels])
     right = p.argmax(1) == targets

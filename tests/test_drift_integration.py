@@ -19,12 +19,13 @@ import torch
 import yaml
 from PIL import Image, ImageEnhance
 
-from catsdogs_pl import places, preprocessing, servable
+from catsdogs_pl import places, servable
 from catsdogs_pl.data import synthetic
 from catsdogs_pl.data.datamodule import CatsDogsDataModule
 from catsdogs_pl.data.prepare import Settings, read_manifest
 from catsdogs_pl.models.cnn import BaselineCNN
 from catsdogs_pl.monitoring import drift, monitor, reference, stats
+from catsdogs_pl.predictor import Predictor
 from catsdogs_pl.serving import deploy, package, sign
 from catsdogs_pl.serving import torchserve as ts
 from tests.helpers.images import image_bytes
@@ -53,9 +54,7 @@ def _version_with_reference(tmp_path: Path) -> tuple[Path, list[bytes]]:
     torch.manual_seed(0)
     net = BaselineCNN(**ARCH).eval()
     images = np.load(dm.datasets["val"].images_path)
-    with torch.inference_mode():
-        x = preprocessing.normalize(torch.from_numpy(images).permute(0, 3, 1, 2))
-        probs = net(x).softmax(-1).numpy()
+    probs = Predictor(net, dm.preprocessing).probabilities(images).numpy()  # as served
     ref = reference.build(
         images, dm.original_sizes("val"), probs, dm.datasets["val"].labels, dm.classes
     )

@@ -10,6 +10,7 @@ import torch
 
 from catsdogs_pl import preprocessing, servable
 from catsdogs_pl.models.efficientnet_lite import EfficientNetLite, blocks, imagenet_weights
+from catsdogs_pl.predictor import Predictor
 from catsdogs_pl.preprocessing import BadImage
 from tests.helpers.shared_data import sample_photos
 
@@ -86,17 +87,10 @@ def test_frozen_blocks_keep_their_weights_and_batchnorm_statistics() -> None:
     assert "_blocks.5._bn1.running_mean" in changed and "_fc.weight" in changed
 
 
-def _sample_photos(size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The full-size sample's photos (its defect files left out), decoded as serving does."""
-    pixels, labels = [], []
-    for relpath, data in sample_photos().items():
-        try:
-            pixels.append(preprocessing.load_rgb(data, size))
-        except BadImage:
-            continue
-        labels.append(int(relpath.startswith("Dog/")))
-    batch = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2)
-    return preprocessing.normalize(batch), torch.tensor(labels)
+def _sample_photos() -> tuple[list[bytes], torch.Tensor]:
+    """The full-size sample's photos (its defect files left out), and their class (1: dog)."""
+    photos = sample_photos()
+    return list(photos.values()), torch.tensor([int(p.startswith("Dog/")) for p in photos])
 
 
 @pytest.mark.slow
@@ -104,11 +98,14 @@ def _sample_photos(size: int) -> tuple[torch.Tensor, torch.Tensor]:
 def test_imagenet_weights_tell_cats_from_dogs_zero_shot(variant: str, size: int, report) -> None:
     """ImageNet's five cat classes against its 118 dog breeds, with no training, at each variant's
     ImageNet size: a wrong key map, stage table, padding or input scaling lands near 0.5."""
-    x, labels = _sample_photos(size)
+    photos, labels = _sample_photos()
     net = EfficientNetLite(num_classes=1000, weights="imagenet", flip_tta=False, variant=variant)
-    net.eval()
-    with torch.inference_mode():
-        p = torch.cat([net(batch).softmax(-1) for batch in x.split(64)])
+    imagenet = preprocessing.spec(size, [str(k) for k in range(1000)])  # ImageNet's 1000 classes
+    served = Predictor(net.eval(), imagenet)  # decoded and normalised as serving does
+    answers = [served.predict(photos[i : i + 64]) for i in range(0, len(photos), 64)]
+    kept = [not isinstance(r, BadImage) for a in answers for r in a.results]
+    p = torch.from_numpy(np.concatenate([a.probabilities for a in answers]))
+    labels = labels[torch.tensor(kept)]  # a photo serving refuses is no answer
     dog = p[:, IMAGENET_DOGS].sum(-1) > p[:, IMAGENET_CATS].sum(-1)
     accuracy = (dog.long() == labels).float().mean().item()
     report(
