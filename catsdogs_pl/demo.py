@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m catsdogs_pl.demo", description=__doc__)
     parser.add_argument("--seed", type=int, help="the training seed (default: demo.yaml's)")
     args = parser.parse_args(argv)
-    os.chdir(places.ROOT)  # the demo config's data paths are relative to the repository
+    places.home().mkdir(parents=True, exist_ok=True)
+    os.chdir(places.home())  # the config's relative paths (drawn pictures, data, checkpoints) too
     step(f"1/6 fit {DEMO_CONFIG.relative_to(places.ROOT)} (state in {places.home()})")
     seed = [] if args.seed is None else [f"--seed_everything={args.seed}"]
     summary = fit.main(["--config", str(DEMO_CONFIG), "--trainer.enable_progress_bar=false", *seed])
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         print(deploy.deploy_version(version=version, mlflow=registry))
         step("5/6 predict")
         data = config.load(DEMO_CONFIG)["data"]  # where fit drew and prepared the pictures
-        for image in _test_images(places.ROOT / data["data_dir"], places.ROOT / data["source"]):
+        for image in _test_images(places.home() / data["data_dir"], places.home() / data["source"]):
             print(answer_line(image, *predict(image)))
         bad = places.ROOT / "README.md"
         print(answer_line(bad, *predict(bad)), "(a bad upload gets a 400 of its own)")

@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-class", type=int, default=150, help="users' pictures per class")
     parser.add_argument("--epochs", type=int, help="the fits' max_epochs (default: demo.yaml's)")
     args = parser.parse_args(argv)
-    os.chdir(places.ROOT)  # the demo config's data paths are relative to the repository
+    places.home().mkdir(parents=True, exist_ok=True)
+    os.chdir(places.home())  # the config's relative paths (drawn pictures, data, checkpoints) too
     os.environ["TS_CAPTURE_FRACTION"] = "1"  # this server keeps every answer: users label them
     epochs = [] if args.epochs is None else [f"--trainer.max_epochs={args.epochs}"]
     quiet = ["--config", str(DEMO_CONFIG), "--trainer.enable_progress_bar=false", *epochs]

@@ -24,7 +24,7 @@ pytestmark = [
 def test_users_labels_reach_the_next_version(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], report: Any
 ) -> None:
-    monkeypatch.chdir(places.ROOT)  # the loop moves there, as `make demo-loop` runs
+    monkeypatch.chdir(places.ROOT)  # the loop moves to its state folder: undone after
     monkeypatch.setenv("TS_CAPTURE_FRACTION", "0")  # the loop turns capture on: undone after
     with state_folder(tmp_path / "home"):
         code = demo_loop.main(["--per-class", "40", "--epochs", "3"])

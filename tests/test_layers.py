@@ -62,7 +62,16 @@ LAYERS = [  # lowest first; a module is in the first layer one of whose prefixes
     ),
     (
         "commands",
-        ["fit", "monitor", "feedback", "demo", "demo_loop", "mlflow_server", "data.__main__"],
+        [
+            "fit",
+            "monitor",
+            "feedback",
+            "demo",
+            "demo_loop",
+            "mlflow_server",
+            "data.__main__",
+            "cli",
+        ],
     ),
 ]
 SIDES = ("training", "serving", "monitoring")
