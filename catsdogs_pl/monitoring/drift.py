@@ -1,7 +1,7 @@
 """Served traffic against the training reference: PSI per statistic, the confidence, the predicted
 class ratio and the accuracy the calibrated confidence implies; a report and Prometheus gauges.
 
-Thresholds (README "Monitoring"): PSI < 0.1 no shift, 0.1-0.25 moderate, > 0.25 drift (the
+Thresholds (docs/monitoring.md): PSI < 0.1 no shift, 0.1-0.25 moderate, > 0.25 drift (the
 `CatsDogsInputDrift` alert); an estimated accuracy more than 0.05 under the reference accuracy is a
 confidence drop (`CatsDogsConfidenceDrop`). Fewer than MIN_IMAGES images in the window are too few
 to judge: such a version is reported, but gets no drift gauges.
