@@ -17,6 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(foreach spec,$(TORCH_SPEC),'$(spec)')
 	$(PY) -m pip install --quiet -e '.[dev,pretrained,onnx,oip]'
+	rm -rf *.egg-info  # the build's leftover: the installed metadata is in .venv
 	touch $@
 
 # Python style, then the deployment files statically (no Docker engine, no cluster needed):
