@@ -162,10 +162,10 @@ class CatsDogsHandler:
             *version,
         ]
         metrics.add_metric("CatsDogsForwardPass", 1, "Count", 0, served, MetricTypes.GAUGE)
-        for name, counts in pending.items():  # every bucket, zeros too: quantiles need them all
-            for le, count in zip(stats.le_labels(name), np.cumsum(counts).tolist(), strict=True):
-                dims = [Dimension("statistic", name), Dimension("le", le), *version]
-                metrics.add_counter(f"{stats.METRIC}_bucket", count, 0, dims)
+        # every bucket, zeros too: quantiles need them all
+        for name, le, count in stats.cumulative(pending):
+            dims = [Dimension("statistic", name), Dimension("le", le), *version]
+            metrics.add_counter(f"{stats.METRIC}_bucket", count, 0, dims)
 
     def _flush_when_quiet(self, metrics: Any, version: list[Any]) -> None:
         """Flush once no batch came for QUIET_S, or `flush_s` after the first count if batches

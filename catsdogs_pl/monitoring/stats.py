@@ -85,3 +85,13 @@ def histograms(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def le_labels(statistic: str) -> list[str]:
     """The Prometheus `le` label of each bucket of `statistic`, '+Inf' last."""
     return [f"{edge:g}" for edge in EDGES[statistic]] + ["+Inf"]
+
+
+def cumulative(found: dict[str, np.ndarray]) -> list[tuple[str, str, int]]:
+    """(statistic, le, count) of every bucket of `histograms`' counts, cumulative as a
+    Prometheus histogram's `_bucket` series are: what both servers add to METRIC_bucket."""
+    return [
+        (name, le, count)
+        for name, counts in found.items()
+        for le, count in zip(le_labels(name), np.cumsum(counts).tolist(), strict=True)
+    ]

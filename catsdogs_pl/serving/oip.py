@@ -184,16 +184,10 @@ def model(folder: Path, version: str, runtime: str = "auto", threads: int = 2) -
                     answers.forward_s,
                 )
             if answers.images:
-                for name, found in self.predictor.statistics(answers).items():
-                    cumulative = np.cumsum(found).tolist()
-                    for le, n in zip(stats.le_labels(name), cumulative, strict=True):
-                        counts.add(
-                            f"{stats.METRIC}_bucket",
-                            n,
-                            statistic=name,
-                            le=le,
-                            model_version=version,
-                        )
+                for name, le, n in stats.cumulative(self.predictor.statistics(answers)):
+                    counts.add(
+                        f"{stats.METRIC}_bucket", n, statistic=name, le=le, model_version=version
+                    )
             return parts
 
         def describe(self) -> str:
